@@ -1,0 +1,56 @@
+# Everything one can do with this course, in one place. `make help` lists it.
+# Students: make setup, make lab.  Instructors: make release, make references, make grade.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# nbgrader shells out to tools installed beside it (alembic), so the venv comes first on PATH.
+export PATH := $(BIN):$(PATH)
+
+SUBMISSIONS ?= $(CURDIR)/submitted
+GRADING_OUTPUT ?= $(CURDIR)
+ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
+
+.PHONY: help setup test lab release references grade student-bundle formgrader lock clean
+
+help: ## List the things one can do
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: ## Create .venv with the pinned course environment and the shared package
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@$(BIN)/python -c "import torch, nbgrader, shared; print('ready: torch', torch.__version__, '| device', shared.pick_device())"
+
+test: ## Run the test suite (notebooks in fast mode)
+	COURSE_FAST=1 $(BIN)/python -m pytest
+
+lab: ## Open the notebooks in JupyterLab
+	$(BIN)/jupyter lab notebooks
+
+release: ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
+	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
+	cd autograder && for assignment in $(ASSIGNMENTS); do \
+		$(BIN)/nbgrader generate_assignment $$assignment --force --log-level=WARN || exit 1; done
+
+references: ## Execute the solutions and record the public and hidden reference tensors
+	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
+	$(BIN)/python tools/record_references.py
+
+grade: ## Autograde SUBMISSIONS (default submitted/) into grades.csv, grades_by_test.csv and feedback/
+	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }
+	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)"
+
+formgrader: ## Open nbgrader's formgrader to grade written answers by hand
+	cd autograder && SUBMISSIONS="$(SUBMISSIONS)" GRADING_OUTPUT="$(GRADING_OUTPUT)" $(BIN)/jupyter lab --ServerApp.default_url=/formgrader
+
+student-bundle: ## Build dist/student-bundle(.tar.gz): what students clone
+	$(BIN)/python tools/student_bundle.py
+
+lock: ## Re-record requirements.lock from the current .venv
+	{ echo "# Exact versions of the whole environment, used as constraints by 'make setup' (pip install -c)."; \
+	  echo "# Regenerate after changing requirements.txt: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock
+
+clean: ## Remove grading output and build products (keeps .venv)
+	rm -rf autograded feedback dist gradebook.db grades.csv grades_by_test.csv

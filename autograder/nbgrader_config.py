@@ -1,0 +1,58 @@
+"""nbgrader configuration: the repository is the course directory (solutions/ → notebooks/)."""
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from resilient_execute import ResilientExecute  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearHiddenTests,
+    GetGrades,
+    IgnorePattern,
+    LimitOutput,
+    SaveAutoGrades,
+)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
+
+c = get_config()  # noqa: F821
+
+c.CourseDirectory.course_id = "sequence-models"
+c.CourseDirectory.root = str(HERE.parent)
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "notebooks"
+# Grading state (gradebook, autograded copies, feedback) goes to $GRADING_OUTPUT, by default the
+# repository root; submissions are read from $SUBMISSIONS (nbgrader's <student>/<assignment>/ layout).
+OUTPUT = Path(os.environ.get("GRADING_OUTPUT", HERE.parent)).resolve()
+c.CourseDirectory.submitted_directory = str(Path(os.environ.get("SUBMISSIONS", HERE.parent / "submitted")).resolve())
+c.CourseDirectory.autograded_directory = str(OUTPUT / "autograded")
+c.CourseDirectory.feedback_directory = str(OUTPUT / "feedback")
+c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}"
+
+# A cell may run this long; a timed-out cell is interrupted and the rest of the notebook still runs.
+c.Execute.timeout = int(os.environ.get("CELL_TIMEOUT", "60"))
+c.Execute.interrupt_on_timeout = True
+c.LimitOutput.max_lines = 1000
+
+# Kernel death costs only the cell that killed it (see resilient_execute.py).
+c.Autograde.autograde_preprocessors = [
+    ResilientExecute,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+# A deleted or stripped test cell comes back from the source and is graded, not skipped.
+c.OverwriteCells.add_missing_cells = True
+# Warnings printed to stderr by libraries must not zero a test cell.
+c.IgnorePattern.enabled = True
+c.IgnorePattern.pattern = r".*(UserWarning|DeprecationWarning|FutureWarning).*"
+
+# Feedback shows students their results, never the hidden test code.
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -1,0 +1,228 @@
+"""Compare outputs with recorded reference values and explain any difference in a student's terms.
+
+A notebook makes one `Checker` for its assignment and calls `checker.check(name, value, ...)`
+after each exercise. Normally the value is compared with the reference recorded from the
+instructor's solution. When `$COURSE_RECORD_REFERENCES` names a directory (`make references`
+sets it), the value is recorded there instead.
+
+Public references ship with this package (`shared/references/<assignment>.pt`); hidden ones live
+only in the instructor's repository (`autograder/references/<assignment>.pt`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RECORD_ENV = "COURSE_RECORD_REFERENCES"
+HIDDEN_ENV = "COURSE_HIDDEN_REFERENCES"
+PUBLIC_DIR = Path(__file__).resolve().parent / "references"
+HIDDEN_DIR = Path(__file__).resolve().parent.parent / "autograder" / "references"
+
+Leaf = torch.Tensor | int | float | bool
+MAX_ROWS_SHOWN = 5
+
+
+class CheckFailed(AssertionError):
+    """A value differs from what was expected; the message says where and by how much."""
+
+
+def flatten(value: Any, path: str = "output") -> dict[str, Any]:
+    """Flatten nested tuples, lists and dicts into {path: leaf}, e.g. {'output["h"]': tensor}."""
+    if isinstance(value, dict):
+        items: dict[str, Any] = {}
+        for key, item in value.items():
+            items.update(flatten(item, f"{path}[{key!r}]"))
+        return items
+    if isinstance(value, (tuple, list)):
+        items = {}
+        for index, item in enumerate(value):
+            items.update(flatten(item, f"{path}[{index}]"))
+        return items
+    return {path: value}
+
+
+def _shape(shape: torch.Size) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ")"
+
+
+def _describe(leaf: Any) -> str:
+    if isinstance(leaf, torch.Tensor):
+        return f"a tensor of shape {_shape(leaf.shape)} and dtype {leaf.dtype}"
+    return f"{type(leaf).__name__} {leaf!r}"
+
+
+def _shape_hint(got: torch.Size, expected: torch.Size) -> str:
+    if len(got) == len(expected) and sorted(got) == sorted(expected):
+        return "  The same sizes in another order: a transpose or permute is missing or extra.\n"
+    if got.numel() == expected.numel():
+        return "  The number of elements is right: look at how the result is reshaped or stacked.\n"
+    if len(got) != len(expected):
+        return "  The number of dimensions differs: check for a missing or extra (un)squeeze or batch dimension.\n"
+    return ""
+
+
+def _compare_tensors(label: str, got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> None:
+    if got.shape != expected.shape:
+        raise CheckFailed(
+            f"{label} has the wrong shape.\n"
+            f"  expected shape {_shape(expected.shape)}, got {_shape(got.shape)}\n" + _shape_hint(got.shape, expected.shape)
+        )
+    if got.dtype != expected.dtype:
+        raise CheckFailed(
+            f"{label} has the wrong dtype.\n"
+            f"  expected {expected.dtype}, got {got.dtype}\n"
+            "  Tensors you create (zeros, ones, arange, ...) should take their dtype from the inputs, e.g. dtype=x.dtype.\n"
+        )
+    got = got.detach().cpu()
+    try:
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol, equal_nan=False)
+        return
+    except AssertionError:
+        pass
+    if got.dtype == torch.bool or not (got.is_floating_point() or got.is_complex()):
+        wrong = got != expected
+        error = (got.long() - expected.long()).abs().double()
+    else:
+        wrong = ~torch.isclose(got, expected, rtol=rtol, atol=atol)
+        error = (got.double() - expected.double()).abs()
+        error = torch.where(torch.isnan(error), torch.full_like(error, math.inf), error)
+    flat_wrong = wrong.reshape(-1).nonzero().reshape(-1)
+    worst = int(torch.argmax(torch.where(wrong, error, torch.zeros_like(error)).reshape(-1)))
+    rows = [worst] + [i for i in flat_wrong.tolist()[:MAX_ROWS_SHOWN] if i != worst][: MAX_ROWS_SHOWN - 1]
+    table = "\n".join(_row(i, got, expected) for i in rows)
+    worst_got, worst_expected = got.reshape(-1)[worst].item(), expected.reshape(-1)[worst].item()
+    relative = abs(worst_got - worst_expected) / abs(worst_expected) if worst_expected else math.inf
+    problem = "is NaN somewhere" if torch.isnan(got).any() else "differs from the expected values"
+    raise CheckFailed(
+        f"{label} {problem}.\n"
+        f"  shape {_shape(got.shape)}, dtype {got.dtype}; {len(flat_wrong)} of {got.numel()} elements are off\n"
+        f"  allowed: |got - expected| <= {atol:g} + {rtol:g} * |expected|\n"
+        f"  worst at index {_index(worst, got.shape)}: abs error {abs(worst_got - worst_expected):.3g}, rel error {relative:.3g}\n"
+        f"  {'index':<16}{'got':>16}{'expected':>16}\n{table}\n"
+    )
+
+
+def _index(flat: int, shape: torch.Size) -> str:
+    index = []
+    for size in reversed(shape):
+        index.append(flat % size)
+        flat //= size
+    return "(" + ", ".join(str(i) for i in reversed(index)) + ")"
+
+
+def _row(flat: int, got: torch.Tensor, expected: torch.Tensor) -> str:
+    return f"  {_index(flat, got.shape):<16}{got.reshape(-1)[flat].item():>16.6g}{expected.reshape(-1)[flat].item():>16.6g}"
+
+
+def _compare_leaf(label: str, got: Any, expected: Leaf, rtol: float, atol: float) -> None:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{label} should be {_describe(expected)}, but it is {_describe(got)}.\n")
+        _compare_tensors(label, got, expected, rtol, atol)
+        return
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(expected, bool) or isinstance(expected, int):
+        if isinstance(got, float) or got != expected:
+            raise CheckFailed(f"{label}: expected exactly {expected!r}, got {got!r}.\n")
+        return
+    if not isinstance(got, (int, float)) or not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
+        raise CheckFailed(f"{label}: expected {expected!r} (within {atol:g} + {rtol:g}·|expected|), got {got!r}.\n")
+
+
+def compare(name: str, got: Any, expected: Any, *, rtol: float, atol: float) -> None:
+    """Raise CheckFailed, naming the check and the first differing part, unless `got` matches `expected`."""
+    __tracebackhide__ = True
+    expected_leaves = flatten(expected)
+    got_leaves = flatten(got)
+    if list(got_leaves) != list(expected_leaves):
+        raise CheckFailed(
+            f"Check '{name}': the result has the wrong structure.\n"
+            f"  expected {_structure(expected)}\n  got      {_structure(got)}\n"
+        )
+    for path, expected_leaf in expected_leaves.items():
+        label = f"Check '{name}': {path}" if len(expected_leaves) > 1 or path != "output" else f"Check '{name}': the output"
+        _compare_leaf(label, got_leaves[path], expected_leaf, rtol, atol)
+
+
+def _structure(value: Any) -> str:
+    leaves = flatten(value)
+    if list(leaves) == ["output"]:
+        return _describe(value)
+    return ", ".join(f"{path} = {_describe(leaf)}" for path, leaf in leaves.items())
+
+
+def _to_record(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {key: _to_record(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_record(item) for item in value)
+    if isinstance(value, (bool, int, float)):
+        return value
+    raise TypeError(f"cannot record a reference of type {type(value).__name__}")
+
+
+class Checker:
+    """Checks one assignment's outputs against its public and hidden reference files."""
+
+    def __init__(self, assignment: str):
+        self.assignment = assignment
+        self._loaded: dict[str, dict[str, Any]] = {}
+        record_root = os.environ.get(RECORD_ENV)
+        self._record_root = Path(record_root) if record_root else None
+        self._recorded: dict[str, dict[str, Any]] = {"public": {}, "hidden": {}}
+
+    def _path(self, scope: str) -> Path:
+        if self._record_root is not None:
+            folder = Path("shared/references") if scope == "public" else Path("autograder/references")
+            return self._record_root / folder / f"{self.assignment}.pt"
+        if scope == "public":
+            return PUBLIC_DIR / f"{self.assignment}.pt"
+        return Path(os.environ.get(HIDDEN_ENV, HIDDEN_DIR)) / f"{self.assignment}.pt"
+
+    def _reference(self, scope: str, name: str) -> Any:
+        if scope not in self._loaded:
+            path = self._path(scope)
+            if not path.exists():
+                if scope == "hidden":
+                    raise CheckFailed(f"Hidden checks for '{self.assignment}' run only on the grading machine ({path} is missing).\n")
+                raise CheckFailed(
+                    f"The reference file for '{self.assignment}' is missing ({path}).\n"
+                    "  Reinstall the course package (make setup) or ask your instructor.\n"
+                )
+            self._loaded[scope] = torch.load(path, weights_only=True)
+        references = self._loaded[scope]
+        if name not in references:
+            raise CheckFailed(f"No reference is recorded for check '{name}' of '{self.assignment}': instructors, run `make references`.\n")
+        return references[name]
+
+    def _run(self, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
+        __tracebackhide__ = True
+        if self._record_root is not None:
+            self._recorded[scope][name] = _to_record(value)
+            path = self._path(scope)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            torch.save(self._recorded[scope], partial)
+            partial.replace(path)
+            print(f"recorded {scope} reference '{name}'")
+            return
+        compare(name, value, self._reference(scope, name), rtol=rtol, atol=atol)
+        print(f"✓ {name}: matches the reference")
+
+    def check(self, name: str, value: Any, *, rtol: float, atol: float) -> None:
+        """Compare `value` (tensor, number, or tuple/dict of them) with the public reference `name`."""
+        __tracebackhide__ = True
+        self._run("public", name, value, rtol, atol)
+
+    def check_hidden(self, name: str, value: Any, *, rtol: float, atol: float) -> None:
+        """Compare `value` with the hidden reference `name` (available only when grading)."""
+        __tracebackhide__ = True
+        self._run("hidden", name, value, rtol, atol)

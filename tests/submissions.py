@@ -1,0 +1,60 @@
+"""Build student submissions from the release notebooks, for grading tests and benchmarks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+
+
+def release_notebook(assignment: str) -> nbformat.NotebookNode:
+    """The student release of `assignment`, as students receive it."""
+    return nbformat.read(ROOT / "notebooks" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def solution_sources(assignment: str) -> dict[str, str]:
+    """{grade_id: source} of the answer cells in the instructor's notebook, solution markers removed."""
+    source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    answers = {}
+    for cell in source.cells:
+        info = cell.metadata.get("nbgrader", {})
+        if info.get("solution"):
+            answers[info["grade_id"]] = "\n".join(line for line in cell.source.splitlines() if not MARKER.match(line))
+    return answers
+
+
+def answer_cells(notebook: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
+    """{grade_id: cell} of the cells a student edits."""
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("solution")}
+
+
+def solved(assignment: str, replace: dict[str, str] | None = None) -> nbformat.NotebookNode:
+    """The release with every answer filled in correctly, except the cells given in `replace` {grade_id: source}."""
+    notebook = release_notebook(assignment)
+    answers = solution_sources(assignment) | (replace or {})
+    for grade_id, cell in answer_cells(notebook).items():
+        cell.source = answers[grade_id]
+    return notebook
+
+
+def insert_code_cell(notebook: nbformat.NotebookNode, after_grade_id: str, source: str) -> nbformat.NotebookNode:
+    """Insert an extra (student-added) code cell after the cell `after_grade_id`."""
+    index = next(i for i, c in enumerate(notebook.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == after_grade_id)
+    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(source, id=f"student-{index}"))
+    return notebook
+
+
+def submit(submissions: Path, student: str, assignment: str, notebook: nbformat.NotebookNode | str) -> Path:
+    """Write a notebook (or raw text) as `student`'s submission of `assignment`; returns its path."""
+    folder = submissions / student / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{assignment}.ipynb"
+    if isinstance(notebook, str):
+        path.write_text(notebook)
+    else:
+        nbformat.write(notebook, path)
+    return path

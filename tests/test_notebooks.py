@@ -1,0 +1,99 @@
+"""Solutions run green; the release is in sync, stubbed, and fails only where students must write code."""
+
+import filecmp
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+import torch
+
+from conftest import BIN, ROOT
+from notebooks import assignments, errors, execute
+from submissions import answer_cells
+
+ASSIGNMENTS = assignments()
+
+
+def graded_cells(notebook, kind):
+    return [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get(kind)]
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_runs_top_to_bottom_with_every_check_passing(assignment):
+    notebook = execute(ROOT / "solutions" / assignment / f"{assignment}.ipynb", env={"COURSE_FAST": "1"}, allow_errors=True)
+    assert errors(notebook) == {}
+    for cell in graded_cells(notebook, "grade"):
+        printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        assert "✓" in printed, f"test cell {cell.id} ran no check"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_is_in_sync_with_solutions(assignment, tmp_path):
+    """Regenerating the release with nbgrader gives exactly the committed notebooks/ folder."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GRADING_OUTPUT": str(tmp_path)}
+    command = [str(BIN / "nbgrader"), "generate_assignment", assignment, "--force", "--log-level=WARN",
+               f"--CourseDirectory.release_directory={tmp_path / 'release'}"]
+    subprocess.run(command, cwd=ROOT / "autograder", env=env, check=True, capture_output=True)
+    comparison = filecmp.dircmp(tmp_path / "release" / assignment, ROOT / "notebooks" / assignment)
+    assert comparison.left_only == comparison.right_only == []
+    for name in comparison.common_files:
+        assert (tmp_path / "release" / assignment / name).read_bytes() == (ROOT / "notebooks" / assignment / name).read_bytes(), (
+            f"notebooks/{assignment}/{name} is out of date with solutions/: run make release"
+        )
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_hides_solutions_and_stubs_every_answer(assignment):
+    path = ROOT / "notebooks" / assignment / f"{assignment}.ipynb"
+    text = path.read_text()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "check_hidden"):
+        assert marker not in text
+    notebook = nbformat.read(path, as_version=4)
+    answers = answer_cells(notebook)
+    assert answers, "the release has no answer cells"
+    for grade_id, cell in answers.items():
+        assert "# YOUR CODE HERE\n" in cell.source and "raise NotImplementedError()" in cell.source, grade_id
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_runs_from_its_folder_and_fails_only_on_the_stubs(assignment):
+    """Students' starting point: `import shared` works, every check fails with NotImplementedError."""
+    notebook = execute(ROOT / "notebooks" / assignment / f"{assignment}.ipynb", env={"COURSE_FAST": "1"}, allow_errors=True)
+    failed = errors(notebook)
+    tests = {c.id for c in graded_cells(notebook, "grade")}
+    assert tests <= set(failed), f"checks that passed on an empty answer: {tests - set(failed)}"
+    for cell_id, error in failed.items():
+        assert error.startswith("NotImplementedError"), f"{cell_id}: {error}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_recorded_references_match_a_fresh_recording(assignment, tmp_path):
+    """`make references` is up to date: re-recording gives the same names and values."""
+    notebook = execute(
+        ROOT / "solutions" / assignment / f"{assignment}.ipynb",
+        env={"COURSE_RECORD_REFERENCES": str(tmp_path), "COURSE_FAST": "1"},
+        allow_errors=True,
+    )
+    assert errors(notebook) == {}
+    for folder in ("shared/references", "autograder/references"):
+        fresh = torch.load(tmp_path / folder / f"{assignment}.pt", weights_only=True)
+        committed = torch.load(ROOT / folder / f"{assignment}.pt", weights_only=True)
+        assert sorted(fresh) == sorted(committed), f"{folder}/{assignment}.pt is stale: run make references"
+        for name in fresh:
+            torch.testing.assert_close(fresh[name], committed[name], rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+def test_hidden_references_are_not_copies_of_public_ones():
+    """Hidden checks use other inputs, so no hidden expected tensor equals a public one."""
+    from shared.checks import flatten
+
+    for assignment in ASSIGNMENTS:
+        public = torch.load(ROOT / "shared/references" / f"{assignment}.pt", weights_only=True)
+        hidden = torch.load(ROOT / "autograder/references" / f"{assignment}.pt", weights_only=True)
+        assert len(hidden) >= len(public) and set(public).isdisjoint(hidden)
+        public_tensors = [t for value in public.values() for t in flatten(value).values() if isinstance(t, torch.Tensor)]
+        for name, value in hidden.items():
+            for tensor in (t for t in flatten(value).values() if isinstance(t, torch.Tensor)):
+                assert not any(p.shape == tensor.shape and torch.equal(p, tensor) for p in public_tensors), name
