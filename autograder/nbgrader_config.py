@@ -7,7 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from resilient_execute import ResilientExecute  # noqa: E402
+from preprocessors import HideHiddenTestTracebacks, ResilientExecute  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
     CheckCellMetadata,
@@ -38,7 +38,7 @@ c.Execute.timeout = int(os.environ.get("CELL_TIMEOUT", "60"))
 c.Execute.interrupt_on_timeout = True
 c.LimitOutput.max_lines = 1000
 
-# Kernel death costs only the cell that killed it (see resilient_execute.py).
+# Kernel death costs only the cell that killed it (see preprocessors.py).
 c.Autograde.autograde_preprocessors = [
     ResilientExecute,
     IgnorePattern,
@@ -54,5 +54,5 @@ c.OverwriteCells.add_missing_cells = True
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r".*(UserWarning|DeprecationWarning|FutureWarning).*"
 
-# Feedback shows students their results, never the hidden test code.
-c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+# Feedback shows students their results, never the hidden test code (not even in tracebacks).
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTestTracebacks, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -1,6 +1,6 @@
-"""nbgrader's Execute preprocessor, made to survive a kernel that dies in one cell.
+"""nbgrader preprocessors of our own: survive a dying kernel, keep hidden tests out of feedback.
 
-Plain nbgrader abandons the whole submission when the kernel dies (`os._exit`, a segfault, the
+ResilientExecute: plain nbgrader abandons the whole submission when the kernel dies (`os._exit`, a segfault, the
 memory limit): the student gets 0 for everything. Here the cell that killed the kernel gets an
 error output (so its test, if any, scores 0 and the feedback says why), a fresh kernel replays
 the cells above it, and grading carries on with the cells below.
@@ -11,7 +11,7 @@ import copy
 from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_sync
 from nbformat.notebooknode import NotebookNode
-from nbgrader.preprocessors import Execute
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
 KERNEL_DIED = (
     "The kernel stopped while running this cell (it crashed, ran out of memory, or exited). "
@@ -57,3 +57,18 @@ class ResilientExecute(Execute):
                 return self._restart_and_replay(upto)
             except Exception as error:  # a replayed cell that times out again must not stop grading
                 self.log.warning("Replaying cell %d failed: %s", index, error)
+
+
+class HideHiddenTestTracebacks(NbGraderPreprocessor):
+    """In cells with hidden tests, reduce error tracebacks to the error message.
+
+    nbgrader's ClearHiddenTests removes hidden test code from a cell's source, but a traceback
+    in the cell's output quotes the failing lines, hidden ones included. Run this before it.
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and "BEGIN HIDDEN TESTS" in cell.source:
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+        return cell, resources
