@@ -15,7 +15,7 @@ def bundle(tmp_path_factory):
 
 def test_bundle_has_what_students_need(bundle):
     for path in ["README.md", "Makefile", "pyproject.toml", "requirements.txt", "requirements.lock", "environment.yml",
-                 "shared/checks.py", "shared/references/01_rnn_lstm.pt", "notebooks/01_rnn_lstm/01_rnn_lstm.ipynb", "data/README.md"]:
+                 "shared/checks.py", "shared/references/03_rnn_lstm.pt", "notebooks/03_rnn_lstm/03_rnn_lstm.ipynb", "data/README.md"]:
         assert (bundle / path).is_file(), path
     assert "make setup" in (bundle / "README.md").read_text()
 
@@ -29,7 +29,7 @@ def test_bundle_holds_no_instructor_material(bundle):
         assert marker not in text
     with tarfile.open(bundle.with_name("student-bundle.tar.gz")) as archive:
         names = archive.getnames()
-    assert "student-bundle/notebooks/01_rnn_lstm/01_rnn_lstm.ipynb" in names
+    assert "student-bundle/notebooks/03_rnn_lstm/03_rnn_lstm.ipynb" in names
     assert not any("solutions" in name or "autograder" in name for name in names)
 
 

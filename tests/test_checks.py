@@ -102,12 +102,12 @@ def test_record_then_compare_round_trip(tmp_path, monkeypatch):
 def test_missing_hidden_references_say_they_exist_only_when_grading(tmp_path, monkeypatch):
     monkeypatch.setenv(HIDDEN_ENV, str(tmp_path))
     with pytest.raises(CheckFailed, match="only on the grading machine"):
-        Checker("01_rnn_lstm").check_hidden("rnn_step/101", torch.zeros(1), **TIGHT)
+        Checker("03_rnn_lstm").check_hidden("rnn_step/101", torch.zeros(1), **TIGHT)
 
 
 def test_public_references_ship_inside_the_package():
     import shared.checks
 
-    assert (shared.checks.PUBLIC_DIR / "01_rnn_lstm.pt").exists()
-    references = torch.load(shared.checks.PUBLIC_DIR / "01_rnn_lstm.pt", weights_only=True)
+    assert (shared.checks.PUBLIC_DIR / "03_rnn_lstm.pt").exists()
+    references = torch.load(shared.checks.PUBLIC_DIR / "03_rnn_lstm.pt", weights_only=True)
     assert "rnn_step" in references and not any("/" in name for name in references)

@@ -8,7 +8,7 @@ import pytest
 from conftest import make
 from submissions import release_notebook, solution_sources, solved, submit
 
-ASSIGNMENT = "01_rnn_lstm"
+ASSIGNMENT = "03_rnn_lstm"
 FULL = 30.0
 
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def assignments() -> list[str]:
-    """Names of the assignments in solutions/, e.g. ['01_rnn_lstm'], in course order."""
+    """Names of the assignments in solutions/, e.g. ['03_rnn_lstm'], in course order."""
     return sorted(p.name for p in (ROOT / "solutions").iterdir() if (p / f"{p.name}.ipynb").exists())
 
 

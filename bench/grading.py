@@ -1,0 +1,72 @@
+"""Measure grading cost per submission, side by side in one run.
+
+  notebook alone   executing a correct submission with nbclient (NBGRADER_EXECUTION set, as in grading)
+  make grade       autograder/grade.py (in-process nbgrader API, feedback, CSVs)
+  plain nbgrader   `nbgrader autograde <assignment>` over the same submissions, one CLI call
+
+Usage: python bench/grading.py [--students 6] [--assignment 03_rnn_lstm]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests")]
+
+from notebooks import execute  # noqa: E402
+from submissions import solved, submit  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def timed(function) -> float:
+    started = time.monotonic()
+    function()
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--students", type=int, default=6)
+    parser.add_argument("--assignment", default="03_rnn_lstm")
+    args = parser.parse_args()
+    n, assignment = args.students, args.assignment
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        for student in range(n):
+            submit(scratch / "submitted", f"student{student:03d}", assignment, solved(assignment))
+        notebook = scratch / "submitted" / "student000" / assignment / f"{assignment}.ipynb"
+
+        alone = sum(timed(lambda: execute(notebook, env={"NBGRADER_EXECUTION": "autograde"})) for _ in range(2)) / 2
+
+        def ours():
+            command = [sys.executable, str(ROOT / "autograder/grade.py"), "--submissions", str(scratch / "submitted"), "--output", str(scratch / "ours")]
+            subprocess.run(command, env=env, check=True, capture_output=True)
+
+        def plain():
+            plain_env = {**env, "SUBMISSIONS": str(scratch / "submitted"), "GRADING_OUTPUT": str(scratch / "plain")}
+            subprocess.run([str(BIN / "nbgrader"), "generate_assignment", assignment, "--force", "--log-level=ERROR",
+                            f"--CourseDirectory.release_directory={scratch / 'release'}"], cwd=ROOT / "autograder", env=plain_env, check=True, capture_output=True)
+            subprocess.run([str(BIN / "nbgrader"), "autograde", assignment, "--force", "--log-level=ERROR"],
+                           cwd=ROOT / "autograder", env=plain_env, check=True, capture_output=True)
+
+        ours_total = timed(ours)
+        plain_total = timed(plain)
+
+    print(f"{n} correct submissions of {assignment}")
+    print(f"  notebook alone : {alone:6.2f} s per submission")
+    print(f"  make grade     : {ours_total / n:6.2f} s per submission ({ours_total:.1f} s total, incl. feedback and CSVs)")
+    print(f"  plain nbgrader : {plain_total / n:6.2f} s per submission ({plain_total:.1f} s total, autograde only)")
+    print(f"  overhead of make grade beyond executing the notebook: {ours_total / n - alone:+.2f} s per submission")
+    print(f"  throughput of make grade relative to plain nbgrader autograde: {plain_total / ours_total:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
