@@ -37,9 +37,9 @@ references: ## Execute the solutions and record the public and hidden reference 
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
 	$(BIN)/python tools/record_references.py
 
-grade: ## Autograde SUBMISSIONS (default submitted/) into grades.csv, grades_by_test.csv and feedback/
+grade: ## Autograde SUBMISSIONS (default submitted/) in WORKERS processes (FORCE=1 regrades all)
 	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }
-	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)"
+	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1,$(FORCE)),--force)
 
 formgrader: ## Open nbgrader's formgrader to grade written answers by hand
 	cd autograder && SUBMISSIONS="$(SUBMISSIONS)" GRADING_OUTPUT="$(GRADING_OUTPUT)" $(BIN)/jupyter lab --ServerApp.default_url=/formgrader
@@ -53,4 +53,4 @@ lock: ## Re-record requirements.lock from the current .venv
 	  $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock
 
 clean: ## Remove grading output and build products (keeps .venv)
-	rm -rf autograded feedback dist gradebook.db grades.csv grades_by_test.csv
+	rm -rf autograded feedback dist .grading gradebook.db grades.csv grades_by_test.csv

@@ -3,19 +3,28 @@
 Run through `make grade` (optionally SUBMISSIONS=dir, GRADING_OUTPUT=dir). Submissions follow
 nbgrader's layout, <submissions>/<student>/<assignment>/<notebook>.ipynb. Each submission is
 graded on its own: one that cannot be graded (invalid JSON, ...) gets 0 with the reason written
-down, and the run goes on. Every run regrades from scratch, so running it twice gives the same file.
+down, and the run goes on.
+
+Submissions are graded by --workers processes at once, all writing to nbgrader's one SQLite
+gradebook. After a submission is graded, a fingerprint of everything its grade depends on (the
+submitted files, the source notebook, the hidden references, the grading configuration) is saved
+under <output>/.grading/. A later run skips submissions whose fingerprint is unchanged, so an
+interrupted run picks up where it stopped, and a rerun gives the same grades; --force regrades all.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import multiprocessing
 import os
 import re
 import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -74,18 +83,70 @@ def cell_notes(autograded_dir: Path) -> dict[tuple[str, str], str]:
     return notes
 
 
-def grade(api, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Autograde and generate feedback for each pair; returns {(assignment, student): failure reason}."""
-    failures = {}
-    for number, (assignment, student) in enumerate(pairs, 1):
-        started = time.monotonic()
-        result = api.autograde(assignment, student, force=True, create=True)
-        if not result["success"]:
-            failures[(assignment, student)] = first_error_line(result.get("error", "") + "\n" + result.get("log", ""))
-        else:
-            api.generate_feedback(assignment, student, force=True)
-        status = "ok" if result["success"] else f"FAILED: {failures[(assignment, student)]}"
-        print(f"[{number}/{len(pairs)}] {assignment} / {student}: {status} ({time.monotonic() - started:.1f} s)", flush=True)
+def fingerprint(submitted: Path, assignment: str, student: str) -> str:
+    """SHA-256 over everything the grade of one submission depends on."""
+    digest = hashlib.sha256()
+    inputs = [submitted / student / assignment, HERE.parent / "solutions" / assignment]
+    files = [f for folder in inputs for f in sorted(folder.rglob("*")) if f.is_file()]
+    files += [HERE / "references" / f"{assignment}.pt", HERE / "nbgrader_config.py", HERE / "preprocessors.py"]
+    for path in files:
+        if path.exists():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def marker(output: Path, assignment: str, student: str) -> Path:
+    return output / ".grading" / assignment / f"{student}.sha256"
+
+
+_API = None
+
+
+def _start_worker() -> None:
+    global _API
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    _API = load_api()
+
+
+def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
+    """Autograde one submission and write its feedback; returns (assignment, student, failure reason or '', seconds)."""
+    started = time.monotonic()
+    result = _API.autograde(assignment, student, force=True, create=True)
+    reason = ""
+    if not result["success"]:
+        reason = first_error_line(result.get("error", "") + "\n" + result.get("log", ""))
+    else:
+        feedback = _API.generate_feedback(assignment, student, force=True)
+        if not feedback["success"]:
+            reason = "feedback failed: " + first_error_line(feedback.get("error", ""))
+    return assignment, student, reason, time.monotonic() - started
+
+
+def grade(pairs: list[tuple[str, str]], submitted: Path, output: Path, workers: int, force: bool) -> dict[tuple[str, str], str]:
+    """Grade the pairs whose fingerprint changed, `workers` at a time; returns {(assignment, student): failure reason}."""
+    todo, failures = [], {}
+    for assignment, student in pairs:
+        done = marker(output, assignment, student)
+        if force or not done.exists() or done.read_text() != fingerprint(submitted, assignment, student):
+            done.unlink(missing_ok=True)
+            todo.append((assignment, student))
+    if len(todo) < len(pairs):
+        print(f"{len(pairs) - len(todo)} submissions are already graded with the same inputs; grading the other {len(todo)}.")
+    if not todo:
+        return failures
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context, initializer=_start_worker) as pool:
+        jobs = [pool.submit(grade_one, assignment, student) for assignment, student in todo]
+        for number, job in enumerate(as_completed(jobs), 1):
+            assignment, student, reason, seconds = job.result()
+            if reason:
+                failures[(assignment, student)] = reason
+            else:
+                done = marker(output, assignment, student)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                done.write_text(fingerprint(submitted, assignment, student))
+            status = f"FAILED: {reason}" if reason else "ok"
+            print(f"[{number}/{len(todo)}] {assignment} / {student}: {status} ({seconds:.1f} s)", flush=True)
     return failures
 
 
@@ -150,6 +211,8 @@ def main() -> int:
     parser.add_argument("--submissions", default=os.environ.get("SUBMISSIONS", str(HERE.parent / "submitted")))
     parser.add_argument("--output", default=os.environ.get("GRADING_OUTPUT", str(HERE.parent)))
     parser.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or os.cpu_count() or 1))
+    parser.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1", help="regrade everything")
     args = parser.parse_args()
 
     submitted, output = Path(args.submissions).resolve(), Path(args.output).resolve()
@@ -171,10 +234,10 @@ def main() -> int:
     for assignment in sorted({assignment for assignment, _ in pairs}):
         register_assignment(api, assignment)
     started = time.monotonic()
-    failures = grade(api, pairs)
+    failures = grade(pairs, submitted, output, max(args.workers, 1), args.force)
     export(api, pairs, failures, output)
     elapsed = time.monotonic() - started
-    print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s ({elapsed / max(len(pairs), 1):.1f} s each); "
+    print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s with {args.workers} workers; "
           f"{len(failures)} could not be graded. Wrote {output / 'grades.csv'} and {output / 'grades_by_test.csv'}.")
     return 0
 

@@ -31,7 +31,8 @@ OUTPUT = Path(os.environ.get("GRADING_OUTPUT", HERE.parent)).resolve()
 c.CourseDirectory.submitted_directory = str(Path(os.environ.get("SUBMISSIONS", HERE.parent / "submitted")).resolve())
 c.CourseDirectory.autograded_directory = str(OUTPUT / "autograded")
 c.CourseDirectory.feedback_directory = str(OUTPUT / "feedback")
-c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}"
+# Parallel graders share the gradebook: wait for SQLite's write lock rather than fail.
+c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}?timeout=120"
 
 # A cell may run this long; a timed-out cell is interrupted and the rest of the notebook still runs.
 c.Execute.timeout = int(os.environ.get("CELL_TIMEOUT", "60"))

@@ -1,11 +1,14 @@
 """`make grade` end to end with real nbgrader: exact grades for good, wrong and broken submissions."""
 
 import csv
+import os
 import re
+import signal
+import subprocess
 
 import pytest
 
-from conftest import make
+from conftest import BIN, ROOT, make
 from submissions import release_notebook, solution_sources, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
@@ -51,17 +54,37 @@ def read_csv(path):
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Grade the class twice into two output folders; returns both folders."""
+    """Grade the class three ways; returns {"first": dir, "resumed": dir, "rerun": make's output}.
+
+    first:   one uninterrupted run with two workers;
+    resumed: a run killed as soon as one submission is graded, then run again to the end;
+    rerun:   the first run's output graded again with nothing changed.
+    """
     submissions = tmp_path_factory.mktemp("submitted")
     for student, build in CLASS.items():
         submit(submissions, student, ASSIGNMENT, build())
-    outputs = []
-    for run in ("first", "second"):
-        output = tmp_path_factory.mktemp(run)
-        result = make("grade", f"SUBMISSIONS={submissions}", f"GRADING_OUTPUT={output}", env={"CELL_TIMEOUT": "10"})
-        assert "Graded 7 submissions" in result.stdout
-        outputs.append(output)
-    return outputs
+    settings = [f"SUBMISSIONS={submissions}", "WORKERS=2"]
+    env = {"CELL_TIMEOUT": "10"}
+
+    first = tmp_path_factory.mktemp("first")
+    result = make("grade", *settings, f"GRADING_OUTPUT={first}", env=env)
+    assert "Graded 7 submissions" in result.stdout and "with 2 workers" in result.stdout
+
+    resumed = tmp_path_factory.mktemp("resumed")
+    command = ["make", "--no-print-directory", "grade", f"BIN={BIN}", *settings, f"GRADING_OUTPUT={resumed}"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("[1/7]"):
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "grades.csv").exists(), "the run was not interrupted before it finished"
+    resumed_run = make("grade", *settings, f"GRADING_OUTPUT={resumed}", env=env)
+    assert "already graded with the same inputs" in resumed_run.stdout
+
+    rerun = make("grade", *settings, f"GRADING_OUTPUT={first}", env=env)
+    return {"first": first, "resumed": resumed, "rerun": rerun.stdout}
 
 
 def totals(output):
@@ -73,7 +96,7 @@ def cell_rows(output, student):
 
 
 def test_every_submission_gets_exactly_its_grade(graded):
-    assert totals(graded[0]) == {
+    assert totals(graded["first"]) == {
         "blank": 0.0,
         "correct": FULL,
         "deleted_test": FULL,  # the deleted test cell is restored from the source and graded
@@ -82,33 +105,40 @@ def test_every_submission_gets_exactly_its_grade(graded):
         "not_json": 0.0,
         "one_wrong": FULL - 5,  # exactly rnn_forward's points
     }
-    assert {row["max_score"] for row in read_csv(graded[0] / "grades.csv")} == {str(FULL)}
+    assert {row["max_score"] for row in read_csv(graded["first"] / "grades.csv")} == {str(FULL)}
 
 
 def test_per_test_breakdown_says_what_went_wrong(graded):
-    one_wrong = cell_rows(graded[0], "one_wrong")
+    one_wrong = cell_rows(graded["first"], "one_wrong")
     assert [g for g, row in one_wrong.items() if row["score"] != row["max_score"]] == ["test_rnn_forward"]
     assert "Check 'rnn_forward'" in one_wrong["test_rnn_forward"]["note"]
-    assert cell_rows(graded[0], "kernel_dies")["test_lstm_num_parameters"]["note"].startswith("KernelDied")
-    assert "interrupt" in cell_rows(graded[0], "infinite_loop")["test_lstm_lm"]["note"].lower() or "timeout" in cell_rows(graded[0], "infinite_loop")["test_lstm_lm"]["note"].lower()
-    assert all("JSON" in row["note"] for row in cell_rows(graded[0], "not_json").values())
-    blank = cell_rows(graded[0], "blank")
+    assert cell_rows(graded["first"], "kernel_dies")["test_lstm_num_parameters"]["note"].startswith("KernelDied")
+    assert cell_rows(graded["first"], "infinite_loop")["test_lstm_lm"]["note"].startswith("CellTimeoutError")
+    assert all("JSON" in row["note"] for row in cell_rows(graded["first"], "not_json").values())
+    blank = cell_rows(graded["first"], "blank")
     assert len(blank) == 8 and all(row["note"].startswith("NotImplementedError") for row in blank.values())
-    assert list(cell_rows(graded[0], "correct")) == [
+    assert list(cell_rows(graded["first"], "correct")) == [
         "test_rnn_step", "test_lstm_step", "test_rnn_forward", "test_lstm_forward",
         "test_lstm_cell", "test_lstm", "test_lstm_num_parameters", "test_lstm_lm",
     ]
 
 
-def test_regrading_gives_identical_files(graded):
+def test_an_interrupted_run_resumes_to_the_same_grades(graded):
     for name in ("grades.csv", "grades_by_test.csv"):
-        assert (graded[0] / name).read_text() == (graded[1] / name).read_text()
+        assert (graded["resumed"] / name).read_text() == (graded["first"] / name).read_text()
+
+
+def test_rerunning_skips_what_is_graded_and_changes_nothing(graded):
+    # the six gradable submissions are skipped; only the unreadable one is tried again
+    assert "6 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
+    assert totals(graded["first"])["correct"] == FULL
 
 
 def test_gradebook_is_nbgraders_and_holds_every_student(graded):
     from nbgrader.api import Gradebook
 
-    with Gradebook(f"sqlite:///{graded[0] / 'gradebook.db'}") as gradebook:
+    database = graded["first"] / "gradebook.db"
+    with Gradebook(f"sqlite:///{database}") as gradebook:
         assert sorted(s.id for s in gradebook.students) == sorted(CLASS)
         assert gradebook.find_submission(ASSIGNMENT, "one_wrong").score == FULL - 5
         assert gradebook.find_assignment(ASSIGNMENT).max_score == FULL
@@ -117,8 +147,8 @@ def test_gradebook_is_nbgraders_and_holds_every_student(graded):
 def test_feedback_is_written_without_hidden_tests(graded):
     hidden_code = ["check_hidden", "BEGIN HIDDEN", "seed=161", "LSTMLM(17, 3, 6"]  # the last two only in hidden tests
     for student in set(CLASS) - {"not_json"}:
-        html = (graded[0] / "feedback" / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+        html = (graded["first"] / "feedback" / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
         assert [code for code in hidden_code if code in html] == [], student
-    feedback = (graded[0] / "feedback/one_wrong" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    feedback = (graded["first"] / "feedback/one_wrong" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
     assert re.search(r"CheckFailed: Check (&#39;|')rnn_forward(&#39;|'): output\[(&#39;|')outputs", feedback)
 
