@@ -2,7 +2,8 @@
 
   notebook alone   executing a correct submission with nbclient (NBGRADER_EXECUTION set, as in grading)
   make grade       autograder/grade.py (in-process nbgrader API, feedback, CSVs)
-  plain nbgrader   `nbgrader autograde <assignment>` over the same submissions, one CLI call
+  plain nbgrader   `nbgrader autograde <assignment>` over the same submissions, one serial CLI call
+                   (with the course's nbgrader_config.py, so it executes the same way)
 
 Usage: python bench/grading.py [--students 6] [--assignment 03_rnn_lstm]
 """
@@ -22,6 +23,13 @@ from notebooks import execute  # noqa: E402
 from submissions import solved, submit  # noqa: E402
 
 BIN = Path(sys.executable).parent
+
+
+def run(command: list[str], **kwargs) -> None:
+    """Run a command; on failure show its output rather than a bare CalledProcessError."""
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
 def timed(function) -> float:
@@ -48,14 +56,14 @@ def main() -> None:
 
         def ours():
             command = [sys.executable, str(ROOT / "autograder/grade.py"), "--submissions", str(scratch / "submitted"), "--output", str(scratch / "ours")]
-            subprocess.run(command, env=env, check=True, capture_output=True)
+            run(command, env=env)
 
         def plain():
+            (scratch / "plain").mkdir()
             plain_env = {**env, "SUBMISSIONS": str(scratch / "submitted"), "GRADING_OUTPUT": str(scratch / "plain")}
-            subprocess.run([str(BIN / "nbgrader"), "generate_assignment", assignment, "--force", "--log-level=ERROR",
-                            f"--CourseDirectory.release_directory={scratch / 'release'}"], cwd=ROOT / "autograder", env=plain_env, check=True, capture_output=True)
-            subprocess.run([str(BIN / "nbgrader"), "autograde", assignment, "--force", "--log-level=ERROR"],
-                           cwd=ROOT / "autograder", env=plain_env, check=True, capture_output=True)
+            run([str(BIN / "nbgrader"), "generate_assignment", assignment, "--force", "--log-level=ERROR",
+                 f"--CourseDirectory.release_directory={scratch / 'release'}"], cwd=ROOT / "autograder", env=plain_env)
+            run([str(BIN / "nbgrader"), "autograde", assignment, "--force", "--log-level=ERROR"], cwd=ROOT / "autograder", env=plain_env)
 
         ours_total = timed(ours)
         plain_total = timed(plain)
