@@ -17,7 +17,8 @@ ASSIGNMENTS = assignments()
 
 
 def graded_cells(notebook, kind):
-    return [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get(kind)]
+    """Code cells with nbgrader's `kind` flag set (written answers are markdown and are graded by hand)."""
+    return [c for c in notebook.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get(kind)]
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -54,7 +55,10 @@ def test_release_hides_solutions_and_stubs_every_answer(assignment):
     answers = answer_cells(notebook)
     assert answers, "the release has no answer cells"
     for grade_id, cell in answers.items():
-        assert "# YOUR CODE HERE\n" in cell.source and "raise NotImplementedError()" in cell.source, grade_id
+        if cell.cell_type == "markdown":
+            assert cell.source.strip() == "YOUR ANSWER HERE", grade_id
+        else:
+            assert "# YOUR CODE HERE\n" in cell.source and "raise NotImplementedError()" in cell.source, grade_id
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
