@@ -59,6 +59,15 @@ def register_assignment(api, assignment: str) -> None:
         raise SystemExit(f"Could not register assignment {assignment} from solutions/:\n{result.get('error', '')}")
 
 
+def register_students(api, students: list[str]) -> None:
+    """Create every student in the gradebook up front: parallel workers creating one student race."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(api.coursedir.db_url) as gradebook:
+        for student in students:
+            gradebook.update_or_create_student(student)
+
+
 def first_error_line(text: str) -> str:
     """The last line of a traceback or log that names an exception, without colour codes."""
     lines = [ANSI.sub("", line).strip() for line in text.splitlines() if line.strip()]
@@ -233,6 +242,7 @@ def main() -> int:
         pairs = [pair for pair in pairs if pair[0] in known]
     for assignment in sorted({assignment for assignment, _ in pairs}):
         register_assignment(api, assignment)
+    register_students(api, sorted({student for _, student in pairs}))
     started = time.monotonic()
     failures = grade(pairs, submitted, output, max(args.workers, 1), args.force)
     export(api, pairs, failures, output)

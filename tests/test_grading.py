@@ -12,6 +12,7 @@ from conftest import BIN, ROOT, make
 from submissions import release_notebook, solution_sources, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
+SECOND_ASSIGNMENT = "01_lstm_by_hand"
 FULL = 30.0
 
 
@@ -63,19 +64,21 @@ def graded(tmp_path_factory):
     submissions = tmp_path_factory.mktemp("submitted")
     for student, build in CLASS.items():
         submit(submissions, student, ASSIGNMENT, build())
+    # A second assignment from the first student: two workers then start on the same new student.
+    submit(submissions, "correct", SECOND_ASSIGNMENT, solved(SECOND_ASSIGNMENT))
     settings = [f"SUBMISSIONS={submissions}", "WORKERS=2"]
     env = {"CELL_TIMEOUT": "10"}
 
     first = tmp_path_factory.mktemp("first")
     result = make("grade", *settings, f"GRADING_OUTPUT={first}", env=env)
-    assert "Graded 7 submissions" in result.stdout and "with 2 workers" in result.stdout
+    assert "Graded 8 submissions" in result.stdout and "with 2 workers" in result.stdout
 
     resumed = tmp_path_factory.mktemp("resumed")
     command = ["make", "--no-print-directory", "grade", f"BIN={BIN}", *settings, f"GRADING_OUTPUT={resumed}"]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in process.stdout:
-        if line.startswith("[1/7]"):
+        if line.startswith("[1/8]"):
             break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -87,12 +90,13 @@ def graded(tmp_path_factory):
     return {"first": first, "resumed": resumed, "rerun": rerun.stdout}
 
 
-def totals(output):
-    return {row["student_id"]: float(row["score"]) for row in read_csv(output / "grades.csv")}
+def totals(output, assignment=ASSIGNMENT):
+    return {row["student_id"]: float(row["score"]) for row in read_csv(output / "grades.csv") if row["assignment"] == assignment}
 
 
 def cell_rows(output, student):
-    return {row["grade_id"]: row for row in read_csv(output / "grades_by_test.csv") if row["student_id"] == student}
+    rows = read_csv(output / "grades_by_test.csv")
+    return {row["grade_id"]: row for row in rows if row["student_id"] == student and row["assignment"] == ASSIGNMENT}
 
 
 def test_every_submission_gets_exactly_its_grade(graded):
@@ -105,7 +109,8 @@ def test_every_submission_gets_exactly_its_grade(graded):
         "not_json": 0.0,
         "one_wrong": FULL - 5,  # exactly rnn_forward's points
     }
-    assert {row["max_score"] for row in read_csv(graded["first"] / "grades.csv")} == {str(FULL)}
+    assert {row["max_score"] for row in read_csv(graded["first"] / "grades.csv") if row["assignment"] == ASSIGNMENT} == {str(FULL)}
+    assert totals(graded["first"], SECOND_ASSIGNMENT) == {"correct": 20.0}
 
 
 def test_per_test_breakdown_says_what_went_wrong(graded):
@@ -130,7 +135,7 @@ def test_an_interrupted_run_resumes_to_the_same_grades(graded):
 
 def test_rerunning_skips_what_is_graded_and_changes_nothing(graded):
     # the six gradable submissions are skipped; only the unreadable one is tried again
-    assert "6 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
+    assert "7 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
     assert totals(graded["first"])["correct"] == FULL
 
 
