@@ -17,6 +17,9 @@ help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 setup: ## Create .venv with the pinned course environment and the shared package
+	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; \
+		else echo "note: instructors grading on Linux need bubblewrap (bwrap) to sandbox students' kernels"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .

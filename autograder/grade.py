@@ -5,6 +5,11 @@ nbgrader's layout, <submissions>/<student>/<assignment>/<notebook>.ipynb. Each s
 graded on its own: one that cannot be graded (invalid JSON, ...) gets 0 with the reason written
 down, and the run goes on.
 
+Hidden checks are scored here, not in the student's kernel: while nbgrader runs a submission, its
+hidden checks only write their values to an outbox folder; afterwards this script compares them
+with autograder/references/<assignment>.pt and gives 0 to every test cell with a hidden check that
+failed or never ran (autograder/references/<assignment>.cells.json maps checks to cells).
+
 Submissions are graded by --workers processes at once, all writing to nbgrader's one SQLite
 gradebook. After a submission is graded, a fingerprint of everything its grade depends on (the
 submitted files, the source notebook, the hidden references, the grading configuration) is saved
@@ -17,9 +22,11 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -117,14 +124,90 @@ def _start_worker() -> None:
     _API = load_api()
 
 
+MAX_OUTBOX_FILE = 64 * 2**20
+
+
+def received_hidden_values(outbox: Path) -> dict[str, dict]:
+    """{check name: message} from the files a kernel wrote to `outbox`; the last one of a name wins."""
+    import torch
+
+    received = {}
+    for path in sorted(outbox.glob("*.pt")):
+        if path.stat().st_size > MAX_OUTBOX_FILE:
+            continue
+        try:
+            message = torch.load(path, weights_only=True)
+        except Exception:  # a file the student's code wrote or damaged: ignore it
+            continue
+        if isinstance(message, dict) and isinstance(message.get("name"), str):
+            received[message["name"]] = message
+    return received
+
+
+def hidden_check_failures(assignment: str, outbox: Path) -> dict[str, str]:
+    """{test cell grade_id: reason} for each test cell with a hidden check that failed or did not run."""
+    import torch
+
+    from shared.checks import compare
+
+    references = torch.load(HERE / "references" / f"{assignment}.pt", weights_only=True)
+    cells = json.loads((HERE / "references" / f"{assignment}.cells.json").read_text())
+    received = received_hidden_values(outbox)
+    failures = {}
+    for grade_id, names in cells.items():
+        for name in names:
+            message, reference = received.get(name), references[name]
+            if message is None:
+                failures[grade_id] = f"hidden check '{name}' did not run"
+            elif "error" in message:
+                failures[grade_id] = f"hidden check '{name}': {message['error']}"
+            else:
+                try:
+                    compare(name, message.get("value"), reference["value"], rtol=reference["rtol"], atol=reference["atol"])
+                    continue
+                except AssertionError as error:
+                    detail = str(error).strip().splitlines()[0].removeprefix(f"Check '{name}': ")
+                    failures[grade_id] = f"hidden check '{name}': {detail}"
+            break
+    return failures
+
+
+def apply_hidden_check_failures(assignment: str, student: str, failures: dict[str, str]) -> None:
+    """Zero the failing cells in the gradebook and show why in the autograded notebook (so in feedback too)."""
+    import nbformat
+    from nbgrader.api import Gradebook
+
+    with Gradebook(_API.coursedir.db_url) as gradebook:
+        for grade_id in failures:
+            gradebook.find_grade(grade_id, assignment, assignment, student).auto_score = 0.0
+        gradebook.db.commit()
+    path = Path(_API.coursedir.format_path(_API.coursedir.autograded_directory, student, assignment)) / f"{assignment}.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        reason = failures.get(cell.metadata.get("nbgrader", {}).get("grade_id"))
+        already_failed = any(output.get("output_type") == "error" for output in cell.get("outputs", []))
+        if reason and not already_failed:  # an error in the cell already explains its 0 better
+            cell.outputs.append(nbformat.v4.new_output("error", ename="HiddenCheckFailed", evalue=reason, traceback=[f"HiddenCheckFailed: {reason}"]))
+    nbformat.write(notebook, path)
+
+
 def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
     """Autograde one submission and write its feedback; returns (assignment, student, failure reason or '', seconds)."""
     started = time.monotonic()
+    outbox = Path(os.environ["GRADING_OUTPUT"]) / ".grading" / "outbox" / assignment / student
+    shutil.rmtree(outbox, ignore_errors=True)
+    outbox.mkdir(parents=True)
+    os.environ["COURSE_GRADING_OUTBOX"] = str(outbox)  # the kernel nbgrader starts inherits it
     result = _API.autograde(assignment, student, force=True, create=True)
     reason = ""
     if not result["success"]:
         reason = first_error_line(result.get("error", "") + "\n" + result.get("log", ""))
     else:
+        try:
+            apply_hidden_check_failures(assignment, student, hidden_check_failures(assignment, outbox))
+        except Exception as error:  # a grader bug must not stop the class: report it on this submission
+            result["success"], reason = False, f"grader error while scoring hidden checks: {error!r}"
+    if result["success"]:
         feedback = _API.generate_feedback(assignment, student, force=True)
         if not feedback["success"]:
             reason = "feedback failed: " + first_error_line(feedback.get("error", ""))
@@ -215,6 +298,22 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     partial.replace(path)
 
 
+def use_sandbox(output: Path) -> bool:
+    """Route kernels through sandbox.py when bubblewrap is here; returns whether it is used."""
+    if os.environ.get("GRADING_SANDBOX") == "0" or not shutil.which("bwrap"):
+        return False
+    kernels = output / ".grading" / "kernels" / "course-sandbox"
+    kernels.mkdir(parents=True, exist_ok=True)
+    spec = {"argv": [sys.executable, str(HERE / "sandbox.py"), "{connection_file}"],
+            "display_name": "Python 3 (grading sandbox)", "language": "python", "interrupt_mode": "message"}
+    (kernels / "kernel.json").write_text(json.dumps(spec, indent=1))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(output / ".grading"), os.environ.get("JUPYTER_PATH")]))
+    # Unix socket paths are short-lived and must stay under ~100 characters: a short folder in /tmp.
+    os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="grading-")
+    os.environ["GRADING_KERNEL"] = "course-sandbox"
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", default=os.environ.get("SUBMISSIONS", str(HERE.parent / "submitted")))
@@ -230,6 +329,10 @@ def main() -> int:
         return 2
     output.mkdir(parents=True, exist_ok=True)
     os.environ["SUBMISSIONS"], os.environ["GRADING_OUTPUT"] = str(submitted), str(output)
+    sandboxed = use_sandbox(output)
+    if not sandboxed:
+        print("WARNING: bubblewrap (bwrap) is not available: students' kernels run without a sandbox, so they could"
+              " read files such as autograder/references/. Install bubblewrap to grade a real class.", file=sys.stderr)
     # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise, not errors.
     warnings.filterwarnings("ignore", message=".*not in session.*")
     api = load_api()
@@ -247,7 +350,7 @@ def main() -> int:
     failures = grade(pairs, submitted, output, max(args.workers, 1), args.force)
     export(api, pairs, failures, output)
     elapsed = time.monotonic() - started
-    print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s with {args.workers} workers; "
+    print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s with {args.workers} workers{', sandboxed' if sandboxed else ''}; "
           f"{len(failures)} could not be graded. Wrote {output / 'grades.csv'} and {output / 'grades_by_test.csv'}.")
     return 0
 

@@ -37,7 +37,18 @@ c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}?timeout=120"
 # A cell may run this long; a timed-out cell is interrupted and the rest of the notebook still runs.
 c.Execute.timeout = int(os.environ.get("CELL_TIMEOUT", "60"))
 c.Execute.interrupt_on_timeout = True
+# nbgrader fails a whole submission when a cell's output arrives later than this after its reply;
+# on a busy machine the default 4 s is too short.
+c.Execute.iopub_timeout = 30
 c.LimitOutput.max_lines = 1000
+
+# grade.py sets GRADING_KERNEL when students' kernels run in the bubblewrap sandbox (sandbox.py).
+# The sandbox has no network, so the kernel talks to nbgrader over Unix sockets instead of TCP.
+if os.environ.get("GRADING_KERNEL"):
+    c.Execute.kernel_name = os.environ["GRADING_KERNEL"]
+    c.KernelManager.transport = "ipc"
+    # An absolute socket prefix per grading process (a relative one resolves differently for kernel and client).
+    c.KernelManager.ip = os.path.join(os.environ["JUPYTER_RUNTIME_DIR"], f"kernel-{os.getpid()}")
 
 # Kernel death costs only the cell that killed it (see preprocessors.py).
 c.Autograde.autograde_preprocessors = [

@@ -111,3 +111,18 @@ def test_public_references_ship_inside_the_package():
     assert (shared.checks.PUBLIC_DIR / "03_rnn_lstm.pt").exists()
     references = torch.load(shared.checks.PUBLIC_DIR / "03_rnn_lstm.pt", weights_only=True)
     assert "rnn_step" in references and not any("/" in name for name in references)
+
+
+def test_while_grading_hidden_checks_only_send_their_values_out(tmp_path, monkeypatch):
+    """In the student's kernel a hidden check never compares (nothing there to patch): the grader does."""
+    from shared.checks import OUTBOX_ENV
+
+    monkeypatch.setenv(HIDDEN_ENV, str(tmp_path / "nowhere"))  # no hidden references needed, none read
+    monkeypatch.setenv(OUTBOX_ENV, str(tmp_path))
+    checker = Checker("03_rnn_lstm")
+    checker.check_hidden("rnn_step/101", torch.ones(2), **TIGHT)  # would fail a comparison: no error here
+    checker.check_hidden("rnn_step/102", "not a tensor", **TIGHT)
+    messages = [torch.load(path, weights_only=True) for path in sorted(tmp_path.glob("*.pt"))]
+    assert [m["name"] for m in messages] == ["rnn_step/101", "rnn_step/102"]
+    assert torch.equal(messages[0]["value"], torch.ones(2))
+    assert "str 'not a tensor'" in messages[1]["error"]

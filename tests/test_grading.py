@@ -6,10 +6,11 @@ import re
 import signal
 import subprocess
 
+import nbformat
 import pytest
 
 from conftest import BIN, ROOT, make
-from submissions import release_notebook, solution_sources, solved, submit
+from submissions import insert_code_cell, release_notebook, solution_sources, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
 SECOND_ASSIGNMENT = "01_lstm_by_hand"
@@ -37,6 +38,30 @@ def without_cell(grade_id: str):
     return notebook
 
 
+def answer_from_any_reference_it_can_read() -> str:
+    """rnn_step that answers from the hidden references if it can read them, else hard-codes the public answer."""
+    return """def rnn_step(X, H, W_xh, W_hh, b_h):
+    import torch, shared.checks
+    try:
+        hidden = torch.load(shared.checks.HIDDEN_DIR / "03_rnn_lstm.pt", weights_only=True)
+        return next(e["value"] for n, e in hidden.items() if n.startswith("rnn_step/") and e["value"].shape == H.shape)
+    except Exception:
+        return torch.load(shared.checks.PUBLIC_DIR / "03_rnn_lstm.pt", weights_only=True)["rnn_step"]
+"""
+
+
+CHECKS_PATCHED = """import shared.checks
+shared.checks.compare = lambda *args, **kwargs: None
+shared.checks.Checker.check = shared.checks.Checker.check_hidden = lambda *args, **kwargs: print("✓ fine")"""
+
+REACHES_OUT = """import socket, os
+try:
+    socket.create_connection(("pypi.org", 443), timeout=3)
+    print("NETWORK REACHED")
+except OSError as error:
+    print("no network:", error)
+print("can see:", sorted(os.listdir(os.path.join(os.path.dirname(shared.__file__), "..", "autograder"))))"""
+
 CLASS = {
     "correct": lambda: solved(ASSIGNMENT),
     "blank": lambda: release_notebook(ASSIGNMENT),
@@ -45,6 +70,11 @@ CLASS = {
     "infinite_loop": lambda: solved(ASSIGNMENT, {"lstm_lm": answer_that_never_returns()}),
     "deleted_test": lambda: without_cell("test_lstm"),
     "not_json": lambda: '{"cells": [ oops',
+    # wrong answers behind a patched checker: no hidden values reach the grader, so every cell scores 0
+    "patches_checks": lambda: insert_code_cell(solved(ASSIGNMENT, {"rnn_forward": wrong_rnn_forward()}), "setup", CHECKS_PATCHED),
+    # reads the hidden references (hidden by the sandbox) or hard-codes the visible answer
+    "cheats_rnn_step": lambda: solved(ASSIGNMENT, {"rnn_step": answer_from_any_reference_it_can_read()}),
+    "reaches_out": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", REACHES_OUT),
 }
 
 
@@ -71,14 +101,14 @@ def graded(tmp_path_factory):
 
     first = tmp_path_factory.mktemp("first")
     result = make("grade", *settings, f"GRADING_OUTPUT={first}", env=env)
-    assert "Graded 8 submissions" in result.stdout and "with 2 workers" in result.stdout
+    assert "Graded 11 submissions" in result.stdout and "with 2 workers, sandboxed" in result.stdout
 
     resumed = tmp_path_factory.mktemp("resumed")
     command = ["make", "--no-print-directory", "grade", f"BIN={BIN}", *settings, f"GRADING_OUTPUT={resumed}"]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in process.stdout:
-        if line.startswith("[1/8]"):
+        if line.startswith("[1/11]"):
             break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -108,6 +138,9 @@ def test_every_submission_gets_exactly_its_grade(graded):
         "kernel_dies": FULL - 1,  # only the cell that killed the kernel scores 0
         "not_json": 0.0,
         "one_wrong": FULL - 5,  # exactly rnn_forward's points
+        "patches_checks": 0.0,
+        "cheats_rnn_step": FULL - 10,  # rnn_step's hidden checks fail, and rnn_forward's, which calls it
+        "reaches_out": FULL,
     }
     assert {row["max_score"] for row in read_csv(graded["first"] / "grades.csv") if row["assignment"] == ASSIGNMENT} == {str(FULL)}
     assert totals(graded["first"], SECOND_ASSIGNMENT) == {"correct": 20.0}
@@ -128,6 +161,24 @@ def test_per_test_breakdown_says_what_went_wrong(graded):
     ]
 
 
+def test_hidden_checks_are_scored_outside_the_kernel(graded):
+    patched = cell_rows(graded["first"], "patches_checks")
+    assert all(float(row["score"]) == 0 for row in patched.values())
+    # The notebook imported `compare` before the patch, so the nn.RNN comparison still catches rnn_forward.
+    assert patched.pop("test_rnn_forward")["note"].startswith("CheckFailed: Check 'rnn_forward vs nn.RNN'")
+    assert all(row["note"].startswith("HiddenCheckFailed: hidden check") and row["note"].endswith("did not run") for row in patched.values())
+    cheat = cell_rows(graded["first"], "cheats_rnn_step")
+    assert cheat["test_rnn_step"]["note"].startswith("HiddenCheckFailed: hidden check 'rnn_step/101': the output has the wrong shape")
+    assert float(cheat["test_lstm_step"]["score"]) == 5.0
+
+
+def test_the_kernel_has_no_network_and_cannot_see_the_autograder(graded):
+    notebook = nbformat.read(graded["first"] / "autograded/reaches_out" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for cell in notebook.cells if "REACHED" in cell.source for o in cell.outputs)
+    assert "no network:" in printed and "NETWORK REACHED" not in printed
+    assert "can see: []" in printed
+
+
 def test_an_interrupted_run_resumes_to_the_same_grades(graded):
     for name in ("grades.csv", "grades_by_test.csv"):
         assert (graded["resumed"] / name).read_text() == (graded["first"] / name).read_text()
@@ -135,7 +186,7 @@ def test_an_interrupted_run_resumes_to_the_same_grades(graded):
 
 def test_rerunning_skips_what_is_graded_and_changes_nothing(graded):
     # the six gradable submissions are skipped; only the unreadable one is tried again
-    assert "7 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
+    assert "10 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
     assert totals(graded["first"])["correct"] == FULL
 
 
@@ -151,7 +202,7 @@ def test_gradebook_is_nbgraders_and_holds_every_student(graded):
 
 def test_feedback_is_written_without_hidden_tests(graded):
     hidden_code = ["check_hidden", "BEGIN HIDDEN", "seed=161", "LSTMLM(17, 3, 6"]  # the last two only in hidden tests
-    for student in set(CLASS) - {"not_json"}:
+    for student in set(CLASS) - {"not_json", "patches_checks"}:  # the latter's own code says check_hidden
         html = (graded["first"] / "feedback" / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
         assert [code for code in hidden_code if code in html] == [], student
     feedback = (graded["first"] / "feedback/one_wrong" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()

@@ -1,6 +1,7 @@
 """Solutions run green; the release is in sync, stubbed, and fails only where students must write code."""
 
 import filecmp
+import json
 import os
 import subprocess
 import sys
@@ -74,19 +75,29 @@ def test_release_runs_from_its_folder_and_fails_only_on_the_stubs(assignment):
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_recorded_references_match_a_fresh_recording(assignment, tmp_path):
-    """`make references` is up to date: re-recording gives the same names and values."""
-    notebook = execute(
-        ROOT / "solutions" / assignment / f"{assignment}.ipynb",
-        env={"COURSE_RECORD_REFERENCES": str(tmp_path), "COURSE_FAST": "1"},
-        allow_errors=True,
-    )
-    assert errors(notebook) == {}
+    """`make references` is up to date: re-recording gives the same names, values and cell map."""
+    from record_references import record
+
+    record(assignment, root=tmp_path)
     for folder in ("shared/references", "autograder/references"):
         fresh = torch.load(tmp_path / folder / f"{assignment}.pt", weights_only=True)
         committed = torch.load(ROOT / folder / f"{assignment}.pt", weights_only=True)
         assert sorted(fresh) == sorted(committed), f"{folder}/{assignment}.pt is stale: run make references"
         for name in fresh:
             torch.testing.assert_close(fresh[name], committed[name], rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    cell_map = f"autograder/references/{assignment}.cells.json"
+    assert (tmp_path / cell_map).read_text() == (ROOT / cell_map).read_text(), f"{cell_map} is stale: run make references"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_graded_code_cell_is_scored_by_hidden_checks(assignment):
+    """Hidden checks are compared outside the student's kernel, so each test cell needs some."""
+    notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    cells = json.loads((ROOT / "autograder/references" / f"{assignment}.cells.json").read_text())
+    hidden = torch.load(ROOT / "autograder/references" / f"{assignment}.pt", weights_only=True)
+    assert sorted(cells) == sorted(c.metadata["nbgrader"]["grade_id"] for c in graded_cells(notebook, "grade"))
+    assert all(cells.values()) and sorted(name for names in cells.values() for name in names) == sorted(hidden)
+    assert all(set(entry) == {"value", "rtol", "atol"} for entry in hidden.values())
 
 
 def test_hidden_references_are_not_copies_of_public_ones():
@@ -98,6 +109,6 @@ def test_hidden_references_are_not_copies_of_public_ones():
         hidden = torch.load(ROOT / "autograder/references" / f"{assignment}.pt", weights_only=True)
         assert len(hidden) >= len(public) and set(public).isdisjoint(hidden)
         public_tensors = [t for value in public.values() for t in flatten(value).values() if isinstance(t, torch.Tensor)]
-        for name, value in hidden.items():
-            for tensor in (t for t in flatten(value).values() if isinstance(t, torch.Tensor)):
+        for name, entry in hidden.items():
+            for tensor in (t for t in flatten(entry["value"]).values() if isinstance(t, torch.Tensor)):
                 assert not any(p.shape == tensor.shape and torch.equal(p, tensor) for p in public_tensors), name

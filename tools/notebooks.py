@@ -16,11 +16,17 @@ def assignments() -> list[str]:
     return sorted(p.name for p in (ROOT / "solutions").iterdir() if (p / f"{p.name}.ipynb").exists())
 
 
-def execute(path: Path, *, env: dict[str, str] | None = None, timeout: int = 600, allow_errors: bool = False) -> nbformat.NotebookNode:
-    """Run every cell of the notebook at `path` in a fresh python3 kernel started in its folder."""
+def execute(
+    path: Path, *, env: dict[str, str] | None = None, timeout: int = 600, allow_errors: bool = False, on_cell_executed=None
+) -> nbformat.NotebookNode:
+    """Run every cell of the notebook at `path` in a fresh python3 kernel started in its folder.
+
+    `on_cell_executed(cell=..., cell_index=..., execute_reply=...)` is called after each code cell.
+    """
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", allow_errors=allow_errors, resources={"metadata": {"path": str(path.parent)}}
+        notebook, timeout=timeout, kernel_name="python3", allow_errors=allow_errors, resources={"metadata": {"path": str(path.parent)}},
+        on_cell_executed=on_cell_executed,
     )
     client.execute(env={**os.environ, **(env or {})})
     return notebook
