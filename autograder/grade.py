@@ -329,6 +329,8 @@ def main() -> int:
         return 2
     output.mkdir(parents=True, exist_ok=True)
     os.environ["SUBMISSIONS"], os.environ["GRADING_OUTPUT"] = str(submitted), str(output)
+    # Each kernel gets one math thread: several workers with several threads each would oversubscribe the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sandboxed = use_sandbox(output)
     if not sandboxed:
         print("WARNING: bubblewrap (bwrap) is not available: students' kernels run without a sandbox, so they could"

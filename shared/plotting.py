@@ -73,3 +73,123 @@ def plot_gradient_norms(
     axes.legend()
     figure.tight_layout()
     return figure
+
+
+# Training runs of the GPT notebook (histories from shared.experiments) -----------------------------
+
+
+def _mean_std_curves(histories, name):
+    values = torch.tensor([getattr(h, name) for h in histories], dtype=torch.float64)
+    return values.mean(0), values.std(0, unbiased=False) if len(histories) > 1 else torch.zeros(values.shape[1])
+
+
+def plot_training_curves(runs: dict, title: str = "") -> plt.Figure:
+    """Loss (log scale) and accuracy, training and validation, against the step: one row per model.
+
+    `runs` is {model name: [History, ...]} (several seeds: the mean is drawn with a ± std band; the
+    runs of one model must have been logged at the same steps).
+    """
+    figure, axes = plt.subplots(len(runs), 2, figsize=(10, 3 * len(runs)), squeeze=False, layout="constrained")
+    for row, (model, histories) in zip(axes, runs.items()):
+        steps = histories[0].steps
+        for column, kind in enumerate(("loss", "accuracy")):
+            ax = row[column]
+            for split, colour in (("train", "tab:blue"), ("valid", "tab:orange")):
+                mean, std = _mean_std_curves(histories, f"{split}_{kind}")
+                label = f"{'training' if split == 'train' else 'validation'} (mean of {len(histories)})" if len(histories) > 1 else (
+                    "training" if split == "train" else "validation")
+                ax.plot(steps, mean, color=colour, label=label)
+                ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)
+            if kind == "loss":
+                ax.set_yscale("log")
+            ax.set(xlabel="step t", ylabel=kind, title=f"{model}: {kind}")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_runs_by_value(runs: dict, name: str, *, title: str = "") -> plt.Figure:
+    """Curves of several runs of one model, coloured by a hyperparameter: `runs` is {value: History}.
+
+    Four panels: training / validation loss (log scale) and accuracy against the step; `name` labels the colour bar.
+    """
+    import matplotlib as mpl
+
+    values = sorted(runs)
+    norm = mpl.colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
+    cmap = plt.get_cmap("viridis")
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.2), layout="constrained")
+    panels = [("train_loss", "training loss"), ("valid_loss", "validation loss"),
+              ("train_accuracy", "training accuracy"), ("valid_accuracy", "validation accuracy")]
+    for ax, (metric, label) in zip(axes, panels):
+        for value in values:
+            history = runs[value]
+            ax.plot(history.steps, getattr(history, metric), color=cmap(norm(value)))
+        if metric.endswith("loss"):
+            ax.set_yscale("log")
+        ax.set(xlabel="step t", title=label)
+        ax.grid(True, alpha=0.3)
+    figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.tolist(), label=name, shrink=0.9)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_metrics_against(xs: list, results: dict, xlabel: str, *, title: str = "") -> plt.Figure:
+    """Best losses / accuracies of runs and the first step reaching them, against a hyperparameter.
+
+    `results` is {model name: [extrema dict (shared.experiments.extrema) for each x in xs]}.
+    Top row: min training / validation loss (log scale), max training / validation accuracy;
+    bottom row: the first step t_f at which each is reached.
+    """
+    metrics = ["train_loss", "valid_loss", "train_accuracy", "valid_accuracy"]
+    labels = {"train_loss": "L_train", "valid_loss": "L_val", "train_accuracy": "A_train", "valid_accuracy": "A_val"}
+    figure, axes = plt.subplots(2, 4, figsize=(15, 6), layout="constrained")
+    for model, per_x in results.items():
+        if len(per_x) != len(xs):
+            raise ValueError(f"{model!r} has {len(per_x)} results for {len(xs)} values of {xlabel}")
+        for column, metric in enumerate(metrics):
+            axes[0, column].plot(xs, [e[metric] for e in per_x], marker="o", label=model)
+            axes[1, column].plot(xs, [e[f"t_{metric}"] for e in per_x], marker="o", label=model)
+    for column, metric in enumerate(metrics):
+        if metric.endswith("loss"):
+            axes[0, column].set_yscale("log")
+        axes[0, column].set(xlabel=xlabel, title=f"{labels[metric]} ({'min' if metric.endswith('loss') else 'max'})")
+        axes[1, column].set(xlabel=xlabel, ylabel="step", title=f"t_f({labels[metric]})")
+        for ax in axes[:, column]:
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_attention_grid(attentions: torch.Tensor, tokens: list[str], *, title: str = "", panel_size: float = 2.4) -> plt.Figure:
+    """Attention weights of one sequence, a layers × heads grid of (query × key) heatmaps.
+
+    `attentions` is (num_layers, num_heads, S, S) (one example of a GPT's `attentions`); `tokens`
+    labels the S positions (queries on the rows, keys on the columns). Colours run from 0 to 1.
+    """
+    num_layers, num_heads, S, _ = attentions.shape
+    if len(tokens) != S:
+        raise ValueError(f"{len(tokens)} token labels for {S} positions")
+    weights = attentions.detach().cpu().float().numpy()
+    figure, axes = plt.subplots(num_layers, num_heads, figsize=(panel_size * num_heads + 1, panel_size * num_layers),
+                                squeeze=False, layout="constrained")
+    for layer in range(num_layers):
+        for head in range(num_heads):
+            ax = axes[layer, head]
+            image = ax.imshow(weights[layer, head], cmap="viridis", vmin=0, vmax=1)
+            ax.set_xticks(range(S), tokens, rotation=90)
+            ax.set_yticks(range(S), tokens)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+            if layer == num_layers - 1:
+                ax.set_xlabel("key")
+            if head == 0:
+                ax.set_ylabel("query")
+    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
+    if title:
+        figure.suptitle(title)
+    return figure
