@@ -13,14 +13,23 @@ from nbclient.util import run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
+MAX_OUTPUT_CHARACTERS = 100_000
 KERNEL_DIED = (
     "The kernel stopped while running this cell (it crashed, ran out of memory, or exited). "
     "The cells below were run in a fresh kernel."
 )
 
 
+def limit_output_size(cell) -> None:
+    """Cut printed text longer than MAX_OUTPUT_CHARACTERS (nbgrader's LimitOutput counts lines, not characters)."""
+    for output in cell.get("outputs", []):
+        text = output.get("text", "")
+        if output.get("output_type") == "stream" and len(text) > MAX_OUTPUT_CHARACTERS:
+            output["text"] = text[:MAX_OUTPUT_CHARACTERS] + f"\n... [output cut: {len(text):,} characters in all]\n"
+
+
 class ResilientExecute(Execute):
-    """Execute that restarts a dead kernel, replays earlier cells and goes on."""
+    """Execute that restarts a dead kernel, replays earlier cells, goes on, and caps each cell's output."""
 
     def preprocess(self, nb, resources=None, km=None):
         self._fatal_cells: set[int] = set()
@@ -28,7 +37,9 @@ class ResilientExecute(Execute):
 
     def preprocess_cell(self, cell, resources, index):
         try:
-            return super().preprocess_cell(cell, resources, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            limit_output_size(cell)
+            return cell, resources
         except DeadKernelError:
             self.log.warning("Kernel died in cell %d; restarting and replaying earlier cells", index)
             self._fatal_cells.add(index)

@@ -62,6 +62,12 @@ except OSError as error:
     print("no network:", error)
 print("can see:", sorted(os.listdir(os.path.join(os.path.dirname(shared.__file__), "..", "autograder"))))"""
 
+def with_test_cell_replaced(grade_id: str, source: str):
+    notebook = solved(ASSIGNMENT)
+    next(c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id).source = source
+    return notebook
+
+
 CLASS = {
     "correct": lambda: solved(ASSIGNMENT),
     "blank": lambda: release_notebook(ASSIGNMENT),
@@ -75,6 +81,9 @@ CLASS = {
     # reads the hidden references (hidden by the sandbox) or hard-codes the visible answer
     "cheats_rnn_step": lambda: solved(ASSIGNMENT, {"rnn_step": answer_from_any_reference_it_can_read()}),
     "reaches_out": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", REACHES_OUT),
+    "memory_bomb": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", "hoard = torch.ones(4_000_000_000)  # 16 GB"),
+    "prints_100_mb": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", 'print("x" * 100_000_000)'),
+    "edits_a_test": lambda: with_test_cell_replaced("test_lstm_step", 'print("✓ trust me")'),
 }
 
 
@@ -101,14 +110,14 @@ def graded(tmp_path_factory):
 
     first = tmp_path_factory.mktemp("first")
     result = make("grade", *settings, f"GRADING_OUTPUT={first}", env=env)
-    assert "Graded 11 submissions" in result.stdout and "with 2 workers, sandboxed" in result.stdout
+    assert "Graded 14 submissions" in result.stdout and "with 2 workers, sandboxed" in result.stdout
 
     resumed = tmp_path_factory.mktemp("resumed")
     command = ["make", "--no-print-directory", "grade", f"BIN={BIN}", *settings, f"GRADING_OUTPUT={resumed}"]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in process.stdout:
-        if line.startswith("[1/11]"):
+        if line.startswith("[1/14]"):
             break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -141,6 +150,9 @@ def test_every_submission_gets_exactly_its_grade(graded):
         "patches_checks": 0.0,
         "cheats_rnn_step": FULL - 10,  # rnn_step's hidden checks fail, and rnn_forward's, which calls it
         "reaches_out": FULL,
+        "memory_bomb": FULL,  # the allocation fails in its own cell; nothing else is affected
+        "prints_100_mb": FULL,
+        "edits_a_test": FULL,  # the locked test cell is restored from the source and passes
     }
     assert {row["max_score"] for row in read_csv(graded["first"] / "grades.csv") if row["assignment"] == ASSIGNMENT} == {str(FULL)}
     assert totals(graded["first"], SECOND_ASSIGNMENT) == {"correct": 20.0}
@@ -179,6 +191,14 @@ def test_the_kernel_has_no_network_and_cannot_see_the_autograder(graded):
     assert "can see: []" in printed
 
 
+def test_runaway_cells_are_contained(graded):
+    bomb = nbformat.read(graded["first"] / "autograded/memory_bomb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    errors = [o for c in bomb.cells if "hoard" in c.source for o in c.outputs if o.output_type == "error"]
+    assert errors and "alloc" in errors[0]["evalue"].lower()
+    flood = graded["first"] / "autograded/prints_100_mb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    assert flood.stat().st_size < 2_000_000 and "output cut: 100,000,001 characters" in flood.read_text()
+
+
 def test_an_interrupted_run_resumes_to_the_same_grades(graded):
     for name in ("grades.csv", "grades_by_test.csv"):
         assert (graded["resumed"] / name).read_text() == (graded["first"] / name).read_text()
@@ -186,7 +206,7 @@ def test_an_interrupted_run_resumes_to_the_same_grades(graded):
 
 def test_rerunning_skips_what_is_graded_and_changes_nothing(graded):
     # the six gradable submissions are skipped; only the unreadable one is tried again
-    assert "10 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
+    assert "13 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
     assert totals(graded["first"])["correct"] == FULL
 
 
