@@ -329,8 +329,8 @@ def main() -> int:
         return 2
     output.mkdir(parents=True, exist_ok=True)
     os.environ["SUBMISSIONS"], os.environ["GRADING_OUTPUT"] = str(submitted), str(output)
-    # Each kernel gets one math thread: several workers with several threads each would oversubscribe the cores.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Share the cores between the workers' kernels: more math threads than cores would oversubscribe them.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(args.workers, 1))))
     sandboxed = use_sandbox(output)
     if not sandboxed:
         print("WARNING: bubblewrap (bwrap) is not available: students' kernels run without a sandbox, so they could"

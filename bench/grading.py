@@ -1,7 +1,8 @@
 """Measure grading cost per submission, side by side in one run.
 
   notebook alone   executing a correct submission with nbclient (NBGRADER_EXECUTION set, as in grading)
-  make grade       autograder/grade.py (in-process nbgrader API, feedback, CSVs)
+  make grade       autograder/grade.py (in-process nbgrader API, sandbox, feedback, CSVs), with
+                   one worker (for the overhead per submission) and with one per core (throughput)
   plain nbgrader   `nbgrader autograde <assignment>` over the same submissions, one serial CLI call
                    (with the course's nbgrader_config.py, so it executes the same way)
 
@@ -54,9 +55,11 @@ def main() -> None:
 
         alone = sum(timed(lambda: execute(notebook, env={"NBGRADER_EXECUTION": "autograde"})) for _ in range(2)) / 2
 
-        def ours():
-            command = [sys.executable, str(ROOT / "autograder/grade.py"), "--submissions", str(scratch / "submitted"), "--output", str(scratch / "ours")]
-            run(command, env=env)
+        def ours(workers: int):
+            output = scratch / f"ours{workers}"
+            command = [sys.executable, str(ROOT / "autograder/grade.py"), "--submissions", str(scratch / "submitted"),
+                       "--output", str(output), "--workers", str(workers)]
+            return lambda: run(command, env=env)
 
         def plain():
             (scratch / "plain").mkdir()
@@ -65,14 +68,17 @@ def main() -> None:
                  f"--CourseDirectory.release_directory={scratch / 'release'}"], cwd=ROOT / "autograder", env=plain_env)
             run([str(BIN / "nbgrader"), "autograde", assignment, "--force", "--log-level=ERROR"], cwd=ROOT / "autograder", env=plain_env)
 
-        ours_total = timed(ours)
+        workers = os.cpu_count() or 1
+        serial_total = timed(ours(1))
+        ours_total = timed(ours(workers))
         plain_total = timed(plain)
 
     print(f"{n} correct submissions of {assignment}")
     print(f"  notebook alone : {alone:6.2f} s per submission")
-    print(f"  make grade     : {ours_total / n:6.2f} s per submission ({ours_total:.1f} s total, incl. feedback and CSVs)")
+    print(f"  make grade, 1 worker  : {serial_total / n:6.2f} s per submission ({serial_total:.1f} s total, incl. feedback and CSVs)")
+    print(f"  make grade, {workers} workers : {ours_total / n:6.2f} s per submission ({ours_total:.1f} s total)")
     print(f"  plain nbgrader : {plain_total / n:6.2f} s per submission ({plain_total:.1f} s total, autograde only)")
-    print(f"  overhead of make grade beyond executing the notebook: {ours_total / n - alone:+.2f} s per submission")
+    print(f"  overhead of make grade (1 worker) beyond executing the notebook: {serial_total / n - alone:+.2f} s per submission")
     print(f"  throughput of make grade relative to plain nbgrader autograde: {plain_total / ours_total:.2f}x")
 
 
