@@ -12,7 +12,7 @@ failed or never ran (autograder/references/<assignment>.cells.json maps checks t
 
 Submissions are graded by --workers processes at once, all writing to nbgrader's one SQLite
 gradebook. After a submission is graded, a fingerprint of everything its grade depends on (the
-submitted files, the source notebook, the hidden references, the grading configuration) is saved
+submitted files, the source notebook, the hidden references and cell map, the grading code) is saved
 under <output>/.grading/. A later run skips submissions whose fingerprint is unchanged, so an
 interrupted run picks up where it stopped, and a rerun gives the same grades; --force regrades all.
 """
@@ -104,7 +104,9 @@ def fingerprint(submitted: Path, assignment: str, student: str) -> str:
     digest = hashlib.sha256()
     inputs = [submitted / student / assignment, HERE.parent / "solutions" / assignment]
     files = [f for folder in inputs for f in sorted(folder.rglob("*")) if f.is_file()]
-    files += [HERE / "references" / f"{assignment}.pt", HERE / "nbgrader_config.py", HERE / "preprocessors.py"]
+    references = [HERE / "references" / f"{assignment}{suffix}" for suffix in (".pt", ".cells.json")]
+    grading_code = [HERE / name for name in ("grade.py", "nbgrader_config.py", "preprocessors.py", "sandbox.py")]
+    files += references + grading_code + [HERE.parent / "shared" / "checks.py"]  # checks.compare scores hidden checks
     for path in files:
         if path.exists():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -217,9 +219,10 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
 def grade(pairs: list[tuple[str, str]], submitted: Path, output: Path, workers: int, force: bool) -> dict[tuple[str, str], str]:
     """Grade the pairs whose fingerprint changed, `workers` at a time; returns {(assignment, student): failure reason}."""
     todo, failures = [], {}
+    prints = {(assignment, student): fingerprint(submitted, assignment, student) for assignment, student in pairs}
     for assignment, student in pairs:
         done = marker(output, assignment, student)
-        if force or not done.exists() or done.read_text() != fingerprint(submitted, assignment, student):
+        if force or not done.exists() or done.read_text() != prints[(assignment, student)]:
             done.unlink(missing_ok=True)
             todo.append((assignment, student))
     if len(todo) < len(pairs):
@@ -236,7 +239,7 @@ def grade(pairs: list[tuple[str, str]], submitted: Path, output: Path, workers: 
             else:
                 done = marker(output, assignment, student)
                 done.parent.mkdir(parents=True, exist_ok=True)
-                done.write_text(fingerprint(submitted, assignment, student))
+                done.write_text(prints[(assignment, student)])
             status = f"FAILED: {reason}" if reason else "ok"
             print(f"[{number}/{len(todo)}] {assignment} / {student}: {status} ({seconds:.1f} s)", flush=True)
     return failures
