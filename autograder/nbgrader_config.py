@@ -47,8 +47,11 @@ c.LimitOutput.max_lines = 1000
 if os.environ.get("GRADING_KERNEL"):
     c.Execute.kernel_name = os.environ["GRADING_KERNEL"]
     c.KernelManager.transport = "ipc"
-    # An absolute socket prefix per grading process (a relative one resolves differently for kernel and client).
-    c.KernelManager.ip = os.path.join(os.environ["JUPYTER_RUNTIME_DIR"], f"kernel-{os.getpid()}")
+    # An absolute socket prefix (a relative one resolves differently for kernel and client), in a
+    # folder per grading process: the sandbox lets the kernel write there and nowhere else in the runtime dir.
+    sockets = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"sockets-{os.getpid()}"
+    sockets.mkdir(exist_ok=True)
+    c.KernelManager.ip = str(sockets / "kernel")
 
 # Kernel death costs only the cell that killed it (see preprocessors.py).
 c.Autograde.autograde_preprocessors = [

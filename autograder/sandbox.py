@@ -2,14 +2,18 @@
 
 Usage (by jupyter_client): python sandbox.py <connection file>
 
-With bubblewrap (`bwrap`), the kernel runs as the user nobody with no capabilities, no network and
-its own process tree. The instructor's folders (autograder/ with the hidden references,
-solutions/, .git/), all submissions, and the grading output (gradebook, other students'
-graded notebooks) are replaced by empty folders, except this submission's own folder and its
-hidden-check outbox. Limits: address space ($GRADING_MEMORY_MB, default 4096), processes (256
-more than the grading user already runs), and file size (256 MB).
+With bubblewrap (`bwrap`), the kernel runs with no capabilities, no network and its own process
+tree. Its user: when grading runs as root, a user id of the kernel's own (FIRST_UID + the launcher's
+pid), because Linux exempts root from the process limit and a shared id would let one kernel's fork
+bomb use up the others' limit; otherwise the user nobody in a user namespace, mapped to the grader.
+The instructor's folders (autograder/ with the hidden references, solutions/, .git/), all
+submissions, and the grading output (gradebook, other students' graded notebooks) are replaced by
+empty folders, except this submission's own folder and its hidden-check outbox. Limits: address
+space ($GRADING_MEMORY_MB, default 4096), processes (256; as a normal user, 256 more than that
+user already runs), and file size (256 MB).
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,6 +21,8 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parent.parent
 MEMORY_BYTES = int(os.environ.get("GRADING_MEMORY_MB", "4096")) * 2**20
 EXTRA_PROCESSES = 256
+EMPTIED = ("/tmp", "/root", "/home")  # shown empty inside the sandbox
+FIRST_UID = 200_000  # ids no account uses; a kernel takes FIRST_UID + its launcher's pid
 FILE_BYTES = 256 * 2**20
 
 
@@ -42,45 +48,75 @@ def hide(path: Path) -> list[str]:
     return []
 
 
+def give_to(uid: int, writable: list[Path], connection_file: str) -> None:
+    """Hand the folders the kernel writes to, and its connection file, to the user id `uid`."""
+    for folder in writable:
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, uid, uid, follow_symlinks=False)
+    os.chown(connection_file, uid, uid)
+
+
+def passable_parents(path: Path) -> list[str]:
+    """bwrap arguments creating `path`'s parents inside an emptied folder as 0755 (bwrap makes them 0700)."""
+    inside = [parent for parent in reversed(path.parents) if any(parent.is_relative_to(folder) and parent != Path(folder) for folder in EMPTIED)]
+    return [argument for parent in inside for argument in ("--perms", "0755", "--dir", str(parent))]
+
+
 def sandbox_command(connection_file: str) -> list[str]:
     """The bwrap command line that runs this script's inner stage for `connection_file`."""
     here, output = Path.cwd(), Path(os.environ["GRADING_OUTPUT"]).resolve()
-    writable = [here, Path(os.environ["COURSE_GRADING_OUTBOX"]), Path(os.environ["JUPYTER_RUNTIME_DIR"])]  # the last: sockets
+    sockets = Path(json.loads(Path(connection_file).read_text())["ip"]).parent  # ipc transport: "ip" is a path prefix
+    writable = [here, Path(os.environ["COURSE_GRADING_OUTBOX"]), sockets]
     secret = [REPOSITORY / "autograder", REPOSITORY / "solutions", REPOSITORY / ".git", Path(os.environ["SUBMISSIONS"]).resolve()]
     if output == REPOSITORY:  # grading output inside the repository: hide its parts, not the repository
         secret += [output / name for name in ("autograded", "feedback", ".grading", "gradebook.db", "grades.csv", "grades_by_test.csv")]
     else:
         secret.append(output)
+    if os.geteuid() == 0:
+        # Root sets the sandbox up, and its inner stage drops to a user id of this kernel's own.
+        uid, tasks = FIRST_UID + os.getpid(), 0
+        give_to(uid, writable, connection_file)
+        identity = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        uid, tasks = 0, tasks_of_this_user()
+        identity = ["--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
     command = [
-        "bwrap", "--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL",
-        "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+        "bwrap", *identity, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
         "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-        "--tmpfs", "/tmp", "--tmpfs", "/root", "--tmpfs", "/home",
     ]
+    for folder in EMPTIED:
+        command += ["--perms", "1777" if folder == "/tmp" else "0755", "--tmpfs", folder]
     # Show again what the kernel needs if it lives under a hidden folder: the repository, the Python install.
     for needed in dict.fromkeys([REPOSITORY, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]):
-        command += ["--ro-bind", str(needed), str(needed)]
+        command += passable_parents(needed) + ["--ro-bind", str(needed), str(needed)]
     for path in secret:
         command += hide(path)
     for path in writable:
-        command += ["--bind", str(path), str(path)]
-    command += ["--ro-bind", connection_file, connection_file]
-    limits = [str(MEMORY_BYTES), str(tasks_of_this_user() + EXTRA_PROCESSES), str(FILE_BYTES)]
+        command += passable_parents(path) + ["--bind", str(path), str(path)]
+    command += passable_parents(Path(connection_file)) + ["--ro-bind", connection_file, connection_file]
+    limits = [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid)]
     # ipykernel would take the pid namespace for its parent exiting; --die-with-parent covers that instead.
     return command + ["--unsetenv", "JPY_PARENT_PID", "--setenv", "HOME", "/tmp", "--chdir", str(here), sys.executable, "-c", INSIDE, connection_file, *limits]
 
 
 # The inner stage runs inside the sandbox, where autograder/ (this file) is hidden: it is passed as code.
-# argv: connection file, then the limits on address space, processes and file size.
+# argv: connection file, the limits on address space, processes and file size, and the user id to take (0: keep).
 INSIDE = """
 import os, resource, sys
-connection_file, memory, processes, file_size = sys.argv[1], *map(int, sys.argv[2:5])
+connection_file, memory, processes, file_size, uid = sys.argv[1], *map(int, sys.argv[2:6])
 limits = [(resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, processes), (resource.RLIMIT_FSIZE, file_size), (resource.RLIMIT_CORE, 0)]
 for limit, value in limits:
     resource.setrlimit(limit, (value, value))
+quiet = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner when no frontend is its parent
+os.dup2(quiet, 1)
+if uid:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)  # from root to another id: every capability goes too
 os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file])
 """
 
 
 if __name__ == "__main__":
-    os.execvp("bwrap", sandbox_command(sys.argv[1]))
+    command = sandbox_command(sys.argv[1])
+    os.execvp(command[0], command)

@@ -62,6 +62,18 @@ except OSError as error:
     print("no network:", error)
 print("can see:", sorted(os.listdir(os.path.join(os.path.dirname(shared.__file__), "..", "autograder"))))"""
 
+FORK_BOMB = "import os\nwhile True:\n    os.fork()"
+IGNORES_INTERRUPTS = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+
+
+def with_test_cell_first(grade_id: str):
+    """The solved notebook with one test cell moved to the top, above the code it needs."""
+    notebook = solved(ASSIGNMENT)
+    index = next(i for i, c in enumerate(notebook.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    notebook.cells.insert(0, notebook.cells.pop(index))
+    return notebook
+
+
 def with_test_cell_replaced(grade_id: str, source: str):
     notebook = solved(ASSIGNMENT)
     next(c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id).source = source
@@ -84,6 +96,9 @@ CLASS = {
     "memory_bomb": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", "hoard = torch.ones(4_000_000_000)  # 16 GB"),
     "prints_100_mb": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", 'print("x" * 100_000_000)'),
     "edits_a_test": lambda: with_test_cell_replaced("test_lstm_step", 'print("✓ trust me")'),
+    "fork_bomb": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", FORK_BOMB),
+    "ignores_interrupts": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", IGNORES_INTERRUPTS),
+    "reordered": lambda: with_test_cell_first("test_rnn_step"),
 }
 
 
@@ -110,14 +125,14 @@ def graded(tmp_path_factory):
 
     first = tmp_path_factory.mktemp("first")
     result = make("grade", *settings, f"GRADING_OUTPUT={first}", env=env)
-    assert "Graded 14 submissions" in result.stdout and "with 2 workers, sandboxed" in result.stdout
+    assert "Graded 17 submissions" in result.stdout and "with 2 workers, sandboxed" in result.stdout
 
     resumed = tmp_path_factory.mktemp("resumed")
     command = ["make", "--no-print-directory", "grade", f"BIN={BIN}", *settings, f"GRADING_OUTPUT={resumed}"]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in process.stdout:
-        if line.startswith("[1/14]"):
+        if line.startswith("[1/17]"):
             break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -153,6 +168,9 @@ def test_every_submission_gets_exactly_its_grade(graded):
         "memory_bomb": FULL,  # the allocation fails in its own cell; nothing else is affected
         "prints_100_mb": FULL,
         "edits_a_test": FULL,  # the locked test cell is restored from the source and passes
+        "fork_bomb": FULL,  # the bomb is stopped at the process limit and its processes killed after the cell
+        "ignores_interrupts": FULL,  # the stuck kernel is replaced; the cells below run in a fresh one
+        "reordered": FULL - 5,  # test_rnn_step, moved above the code it needs, fails; the rest is graded as usual
     }
     assert {row["max_score"] for row in read_csv(graded["first"] / "grades.csv") if row["assignment"] == ASSIGNMENT} == {str(FULL)}
     assert totals(graded["first"], SECOND_ASSIGNMENT) == {"correct": 20.0}
@@ -195,6 +213,13 @@ def test_runaway_cells_are_contained(graded):
     bomb = nbformat.read(graded["first"] / "autograded/memory_bomb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
     errors = [o for c in bomb.cells if "hoard" in c.source for o in c.outputs if o.output_type == "error"]
     assert errors and "alloc" in errors[0]["evalue"].lower()
+    stuck = nbformat.read(graded["first"] / "autograded/ignores_interrupts" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    errors = [o for c in stuck.cells if "SIG_IGN" in c.source for o in c.outputs if o.output_type == "error"]
+    assert errors and "did not stop when interrupted" in errors[0]["evalue"]
+    bomb = nbformat.read(graded["first"] / "autograded/fork_bomb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    errors = [o for c in bomb.cells if "os.fork()" in c.source for o in c.outputs if o.output_type == "error"]
+    assert errors and errors[0]["ename"] == "BlockingIOError"  # the process limit stopped it
+    assert cell_rows(graded["first"], "reordered")["test_rnn_step"]["note"].startswith("NameError")
     flood = graded["first"] / "autograded/prints_100_mb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     assert flood.stat().st_size < 2_000_000 and "output cut: 100,000,001 characters" in flood.read_text()
 
