@@ -12,34 +12,22 @@ Usage: python bench/gpt_speed.py [--d 128] [--layers 2] [--heads 4] [--batch 512
 """
 
 import argparse
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import nbformat
 import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "solutions" / "07_gpt" / "07_gpt.ipynb"
-MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 CELLS = ["layer_norm", "multi_headed_attention", "block", "gpt_embedding", "gpt", "loss_and_accuracy"]
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+from notebooks import solution_namespace  # noqa: E402
 from shared.arithmetic import get_arithmetic_dataset  # noqa: E402
 from shared.lstm_lm import LSTMLM  # noqa: E402
-
-
-def solution_namespace() -> dict:
-    """The notebook's GPT classes and loss, from the instructor's cells (solution markers removed)."""
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    sources = {cell.id: cell.source for cell in notebook.cells}
-    namespace = {"math": __import__("math"), "torch": torch, "nn": nn, "F": nn.functional}
-    for cell_id in CELLS:
-        exec("\n".join(line for line in sources[cell_id].splitlines() if not MARKER.match(line)), namespace)
-    return namespace
 
 
 class TorchGPT(nn.Module):
@@ -115,7 +103,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    ns = solution_namespace()
+    ns = solution_namespace("07_gpt", CELLS, {"math": __import__("math"), "torch": torch, "nn": nn, "F": nn.functional})
     (train_set, _), tokenizer, max_length, _ = get_arithmetic_dataset(args.p, "+", r_train=1.0, seed=0)
     generator = torch.Generator().manual_seed(0)
     index = torch.randint(0, len(train_set), (args.batch,), generator=generator)

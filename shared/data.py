@@ -35,3 +35,18 @@ def fill_parameters_(module: torch.nn.Module, seed: int, scale: float = 0.5) -> 
         values = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
         parameter.copy_(scale * values)
     return module
+
+
+def length_bucketed_batches(stories: list, batch_size: int, generator: torch.Generator, pool: int = 50) -> Iterator[list]:
+    """One epoch of minibatches (lists of stories) of similar length, in a random order.
+
+    The stories are shuffled, cut into pools of `pool` minibatches, sorted by length inside each pool
+    and cut into minibatches; the minibatches are then shuffled. Little padding, still random.
+    """
+    order = torch.randperm(len(stories), generator=generator).tolist()
+    batches = []
+    for first in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[first : first + batch_size * pool], key=lambda i: len(stories[i]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    for b in torch.randperm(len(batches), generator=generator).tolist():
+        yield [stories[i] for i in batches[b]]

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 from shared import fast_mode, pick_device
-from shared.data import fill_parameters_, modular_progressions, next_token_batches, seeded_randn
+from shared.data import fill_parameters_, length_bucketed_batches, modular_progressions, next_token_batches, seeded_randn
 from shared.metrics import next_token_accuracy
-from shared.training import train_language_model
+from shared.training import timed_warmup_cosine, train_language_model
 
 
 def test_fast_mode_follows_ci_and_nbgrader(monkeypatch):
@@ -79,3 +79,34 @@ def test_training_loop_learns_a_predictable_sequence():
     with torch.no_grad():
         logits, _ = model(sequences[:, :-1])
     assert next_token_accuracy(logits[:, 1:], sequences[:, 2:]) > 0.9
+
+
+def test_length_bucketed_batches_cover_every_story_once_with_little_padding():
+    lengths = torch.randint(2, 300, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    stories = [torch.zeros(n) for n in lengths]
+    batches = list(length_bucketed_batches(stories, 8, torch.Generator().manual_seed(1)))
+    assert sorted(id(s) for batch in batches for s in batch) == sorted(id(s) for s in stories)
+    assert all(1 <= len(batch) <= 8 for batch in batches)
+    padded = sum(len(batch) * max(len(s) for s in batch) for batch in batches)
+    assert padded < 1.05 * sum(lengths)  # random batches of 8 would pad about 60% more
+    again = list(length_bucketed_batches(stories, 8, torch.Generator().manual_seed(1)))
+    other = list(length_bucketed_batches(stories, 8, torch.Generator().manual_seed(2)))
+    assert [[id(s) for s in b] for b in again] == [[id(s) for s in b] for b in batches]
+    assert [[id(s) for s in b] for b in other] != [[id(s) for s in b] for b in batches]
+
+
+def test_timed_warmup_cosine_rises_then_decays_to_the_final_fraction(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("shared.training.time.monotonic", lambda: clock[0])
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = timed_warmup_cosine(optimizer, minutes=10, warmup=0.1, final=0.05)
+
+    def lr_at(seconds):
+        clock[0] = 1000.0 + seconds
+        scheduler.step()
+        return optimizer.param_groups[0]["lr"]
+
+    assert abs(lr_at(30) - 0.05) < 1e-9  # half way through the one-minute warm-up
+    assert abs(lr_at(60) - 0.1) < 1e-9  # the peak
+    assert abs(lr_at(330) - 0.1 * (0.05 + 0.95 * 0.5)) < 1e-9  # half way down the cosine
+    assert abs(lr_at(600) - 0.005) < 1e-9 and abs(lr_at(900) - 0.005) < 1e-9  # the floor, also past the budget

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
 
 
 def assignments() -> list[str]:
     """Names of the assignments in solutions/, e.g. ['03_rnn_lstm'], in course order."""
-    return sorted(p.name for p in (ROOT / "solutions").iterdir() if (p / f"{p.name}.ipynb").exists())
+    return sorted(p.name for p in SOLUTIONS.iterdir() if (p / f"{p.name}.ipynb").exists())
 
 
 def execute(
@@ -40,3 +42,16 @@ def errors(notebook: nbformat.NotebookNode) -> dict[str, str]:
             if output.get("output_type") == "error":
                 found[cell.get("id", "?")] = f"{output.get('ename')}: {output.get('evalue')}"
     return found
+
+
+SOLUTION_MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+
+
+def solution_namespace(assignment: str, cell_ids: list[str], namespace: dict | None = None) -> dict:
+    """Run the given cells of the instructor's notebook (solution markers removed) in one namespace; returns it."""
+    notebook = nbformat.read(SOLUTIONS / assignment / f"{assignment}.ipynb", as_version=4)
+    sources = {cell.id: cell.source for cell in notebook.cells}
+    namespace = {} if namespace is None else namespace
+    for cell_id in cell_ids:
+        exec("\n".join(line for line in sources[cell_id].splitlines() if not SOLUTION_MARKER.match(line)), namespace)
+    return namespace
