@@ -11,7 +11,7 @@ SUBMISSIONS ?= $(CURDIR)/submitted
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test lab release references grade student-bundle formgrader lock clean
+.PHONY: help setup test lab release references grade student-bundle formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ setup: ## Create .venv with the pinned course environment and the shared package
 
 test: ## Run the test suite (notebooks in fast mode)
 	COURSE_FAST=1 $(BIN)/python -m pytest
+
+data: ## Prepare data/tiny/ (TinyStories splits); offline: TINYSTORIES_DIR=/path/to/folder make data
+	$(BIN)/python $(if $(wildcard tools/prepare_data.py),tools/prepare_data.py,-m shared.tinystories)
 
 lab: ## Open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks

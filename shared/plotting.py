@@ -193,3 +193,49 @@ def plot_attention_grid(attentions: torch.Tensor, tokens: list[str], *, title: s
     if title:
         figure.suptitle(title)
     return figure
+
+
+# The TinyStories language model (08) ----------------------------------------------------------------
+
+
+def plot_generation_metrics(table, metrics: list[str], *, x: str = "temperature", hue: str = "fpenalty",
+                            title: str = "") -> plt.Figure:
+    """One panel per metric of a table of generations (a pandas DataFrame with columns x, hue and the
+    metrics, one row per setting): the metric against `x`, one line per value of `hue`."""
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3 * rows), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes.ravel(), metrics):
+        for value, group in table.groupby(hue, sort=True):
+            group = group.sort_values(x)
+            ax.plot(group[x], group[metric], marker="o", label=f"{hue} = {value:g}")
+        ax.set(xlabel=x, title=metric)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.ravel()[len(metrics):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_loss_curves(runs: dict, *, smoothing: int = 100, title: str = "") -> plt.Figure:
+    """Training loss (moving average of `smoothing` steps) and validation loss against the tokens seen,
+    one colour per run: `runs` is {name: history} with the keys "loss", "tokens" and "valid" [(step, loss)]
+    that the 08 notebook's `train` returns."""
+    figure, axes = plt.subplots(figsize=(7, 3.5), layout="constrained")
+    for k, (name, history) in enumerate(runs.items()):
+        colour = f"C{k}"
+        seen = torch.tensor(history["tokens"], dtype=torch.float64).cumsum(0)
+        losses = torch.tensor(history["loss"], dtype=torch.float64)
+        window = max(1, min(smoothing, len(losses)))
+        if len(losses):
+            smoothed = losses.unfold(0, window, 1).mean(dim=1)
+            axes.plot(seen[window - 1:], smoothed, color=colour, label=f"{name}: training (mean of {window} steps)")
+        valid = [(float(seen[step - 1]), loss) for step, loss in history.get("valid", []) if step >= 1]
+        if valid:
+            axes.plot(*zip(*valid), "o", color=colour, markersize=7, label=f"{name}: validation")
+    axes.set(xlabel="tokens seen", ylabel="cross-entropy (nats)", title=title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure

@@ -103,6 +103,7 @@ def test_timed_warmup_cosine_rises_then_decays_to_the_final_fraction(monkeypatch
 
     def lr_at(seconds):
         clock[0] = 1000.0 + seconds
+        optimizer.step()
         scheduler.step()
         return optimizer.param_groups[0]["lr"]
 
