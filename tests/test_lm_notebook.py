@@ -1,0 +1,301 @@
+"""The TinyStories LSTM notebook (08): its given helpers, and its check cells on right and wrong answers.
+
+The check cells are run in-process: the setup cell, then every answer and given cell of the
+exercises (some replaced by a deliberately wrong version), then one check cell. A wrong answer must
+fail its own check with a message that names the check.
+"""
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from conftest import ROOT
+from shared.checks import CheckFailed
+
+ASSIGNMENT = "08_tinystories_lstm"
+MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+NOTEBOOK = nbformat.read(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+
+
+def info(cell):
+    return cell.metadata.get("nbgrader", {})
+
+
+def strip(source, hidden):
+    if not hidden:
+        source = source.split("### BEGIN HIDDEN TESTS")[0]
+    return "\n".join(line for line in source.splitlines() if not MARKER.match(line))
+
+
+def cell_source(cell_id, hidden=False):
+    """A cell of the solution notebook: solution markers removed and, unless `hidden`, hidden tests cut off."""
+    return strip(next(c.source for c in NOTEBOOK.cells if c.id == cell_id), hidden)
+
+
+EXERCISE_CELLS = [c.id for c in NOTEBOOK.cells
+                  if c.cell_type == "code" and info(c).get("grade_id") and not info(c).get("grade") and c.id != "setup"]
+CHECK_CELLS = [c.id for c in NOTEBOOK.cells if c.cell_type == "code" and info(c).get("grade")]
+
+
+def exercises(replace=None):
+    """A namespace holding the setup and every answer/given cell of the exercises (some replaced)."""
+    namespace = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(cell_source("setup"), namespace)
+        for cell_id in EXERCISE_CELLS:
+            exec((replace or {}).get(cell_id, cell_source(cell_id)), namespace)
+    return namespace
+
+
+def run_check(test_id, replace=None, hidden=False):
+    """Run one check cell after the exercises; returns what it printed."""
+    namespace = exercises(replace)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(cell_source(test_id, hidden=hidden), namespace)
+    return printed.getvalue()
+
+
+def wrong(cell_id, old, new):
+    source = cell_source(cell_id)
+    assert old in source, old
+    return source.replace(old, new)
+
+
+def test_the_notebook_has_the_exercises_and_points_of_the_brief():
+    points = {info(c)["grade_id"]: info(c)["points"] for c in NOTEBOOK.cells if info(c).get("grade")}
+    assert sum(points.values()) == 140
+    written = {k: v for k, v in points.items() if k.startswith("answer_")}
+    assert written == {"answer_training": 10, "answer_generation": 10, "answer_penalty": 5, "answer_attention": 5}
+    extra = points["test_attend"] + points["test_lstm_lm_attention"] + points["test_adjust_logits"]
+    assert extra + written["answer_penalty"] + written["answer_attention"] == 40
+
+
+@pytest.mark.parametrize("test_id", CHECK_CELLS)
+def test_every_check_cell_passes_on_the_solution_and_prints_a_tick(test_id):
+    assert "✓" in run_check(test_id)
+
+
+def test_check_cells_hidden_parts_included_pass_without_a_warning():
+    """Hidden checks compare with autograder/references here; nothing may warn (stderr zeroes a cell)."""
+    namespace = exercises()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as errors:
+        warnings.simplefilter("error")
+        for test_id in CHECK_CELLS:
+            exec(cell_source(test_id, hidden=True), namespace)
+    assert errors.getvalue() == ""
+
+
+MISTAKES = [  # (check cell, answer cell, solution text, wrong text, start of the expected message)
+    ("test_collate_stories", "collate_stories", "padding_value=-100", "padding_value=0",
+     "Check 'collate_stories': output['targets'] differs"),
+    ("test_collate_stories", "collate_stories", "len(story) - 1 for story in batch", "len(story) for story in batch",
+     "Check 'collate_stories': output['lengths'] differs"),
+    ("test_lstm_lm_forward", "lstm_lm", "return self.output(hidden[real_positions(lengths.to(hidden.device), max_len)])",
+     "return self.output(hidden).reshape(-1, self.output.out_features)", "Check 'LSTMLM.forward': the output has the wrong shape"),
+    ("test_lstm_lm_forward", "lstm_lm", "return self.output(hidden[real_positions(lengths.to(hidden.device), max_len)])",
+     "return self.output(hidden.transpose(0, 1)[real_positions(lengths, max_len).T])",  # time-major, like packed.data
+     "Check 'LSTMLM.forward': the output differs"),
+    ("test_attend", "lstm_lm", "allowed = earlier[None] & real_positions(lengths.to(hidden.device), max_len)[:, None, :]",
+     "allowed = earlier[None].expand(hidden.shape[0], -1, -1)", "Check 'LSTMLM.attend': the output differs"),
+    ("test_attend", "lstm_lm", "earlier = positions[None, :] < positions[:, None]", "earlier = positions[None, :] <= positions[:, None]",
+     "Check 'LSTMLM.attend': the output differs"),
+    ("test_attend", "lstm_lm", "/ math.sqrt(hidden.shape[-1])", "", "Check 'LSTMLM.attend': the output differs"),
+    ("test_attend", "lstm_lm", "weights = torch.softmax(scores, dim=-1).masked_fill(~has_key, 0.0)",
+     "weights = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1)", "Check 'LSTMLM.attend': the output is NaN somewhere"),
+    ("test_lstm_lm_attention", "lstm_lm", "torch.cat([self.attend(hidden, lengths), hidden], dim=-1)",
+     "torch.cat([hidden, self.attend(hidden, lengths)], dim=-1)", "Check 'LSTMLM.forward with attention': the output differs"),
+    ("test_compute_loss", "compute_loss",  # the mean of the batch means
+     "total += F.cross_entropy(logits, real_targets, reduction=\"sum\").item()\n            count += real_targets.numel()",
+     "total += F.cross_entropy(logits, real_targets).item()\n            count += 1", "Check 'compute_loss': the output: expected"),
+    ("test_train", "train", "            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n", "",
+     "Check 'train: losses of the 6 steps': the output differs"),
+    ("test_train", "train", "            optimizer.zero_grad()\n", "", "Check 'train: losses of the 6 steps': the output differs"),
+    ("test_train", "train", "loss = criterion(logits, targets[targets != -100])",
+     "loss = F.cross_entropy(logits, targets[targets != -100], reduction='sum')", "Check 'train: losses of the 6 steps': the output differs"),
+    ("test_use", "use", "ids = [vocab.bos_id] + vocab.encode(tokenize(text))", "ids = vocab.encode(tokenize(text))",
+     "Check 'use: probabilities': the output differs"),
+    ("test_use", "use", "torch.softmax(logits[-1], dim=-1)", "torch.softmax(logits[0], dim=-1)", "Check 'use: probabilities': the output differs"),
+    ("test_adjust_logits", "adjust_logits", "return (logits - fpenalty * counts) / temperature",
+     "return logits / temperature - fpenalty * counts", "Check 'adjust_logits': the output differs"),
+    ("test_adjust_logits", "adjust_logits", "torch.tensor(previous_ids, dtype=torch.long)", "torch.tensor(previous_ids[1:], dtype=torch.long)",
+     "Check 'adjust_logits': the output differs"),
+    ("test_adjust_logits", "adjust_logits", "if not -2.0 <= fpenalty <= 2.0:", "if False:",
+     "adjust_logits(..., temperature=1.0, fpenalty=2.5) should raise ValueError"),
+    ("test_generate_next_token", "generate_next_token", "return int(adjusted.argmax())", "return int(logits.argmax())",
+     "Check 'generate_next_token': output['greedy'] differs"),
+    ("test_generate_next_token", "generate_next_token", "1, generator=generator))", "1))",
+     "Check 'generate_next_token': output['sampled'] differs"),
+    ("test_prompt", "prompt", "            if ids[-1] == vocab.eos_id:\n                return vocab.decode(ids[start:])\n", "",
+     "Check 'prompt': output['sampled 0'] has the wrong shape"),
+    ("test_prompt", "prompt", "return vocab.decode(ids[start:])\n        if", "return vocab.decode(ids[start:-1])\n        if",
+     "Check 'prompt': output['sampled 0'] has the wrong shape"),
+    ("test_prompt", "prompt", "        if ends_with_repetition(ids):\n            break\n", "",
+     "Check 'prompt': output['greedy'] has the wrong shape"),
+    ("test_evaluate", "evaluate", "return math.exp(compute_loss(model, stories, batch_size))", "return 2 ** compute_loss(model, stories, batch_size)",
+     "Check 'evaluate: a model that knows nothing': the output: expected"),
+]
+
+
+@pytest.mark.parametrize("test_id, cell_id, old, new, message", MISTAKES)
+def test_a_wrong_answer_fails_its_check_with_a_readable_message(test_id, cell_id, old, new, message):
+    torch.manual_seed(0)  # sampling without the generator draws from the global generator
+    with pytest.raises(AssertionError) as raised:
+        run_check(test_id, {cell_id: wrong(cell_id, old, new)})
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_a_wrong_answer_costs_only_its_own_check():
+    """A mistake in LSTMLM.forward fails its two checks and no other: Parts 3-4 use the stand-in model."""
+    broken = wrong("lstm_lm", "return self.output(hidden[real_positions(lengths.to(hidden.device), max_len)])",
+                   "return 2 * self.output(hidden[real_positions(lengths.to(hidden.device), max_len)])")
+    for test_id in CHECK_CELLS:
+        if test_id in ("test_lstm_lm_forward", "test_lstm_lm_attention"):
+            with pytest.raises(CheckFailed):
+                run_check(test_id, {"lstm_lm": broken})
+        else:
+            assert "✓" in run_check(test_id, {"lstm_lm": broken}), test_id
+
+
+def test_packed_and_padded_lstm_give_the_same_logits(ns):
+    """The notebook's claim behind packed=False: trailing padding never reaches a real position of a one-way LSTM."""
+    (embeddings,) = __import__("shared.data", fromlist=["seeded_randn"]).seeded_randn(3, (15, 4))
+    for attention, layers in ((False, 1), (True, 2)):
+        packed = ns["fill_parameters_"](ns["LSTMLM"](embeddings, 6, layers, attention=attention).double(), seed=4)
+        padded = ns["fill_parameters_"](ns["LSTMLM"](embeddings, 6, layers, attention=attention, packed=False).double(), seed=4)
+        inputs, lengths = ns["padded_ids"](5, [7, 1, 4, 9], vocabulary_size=15)
+        with torch.no_grad():
+            torch.testing.assert_close(padded(inputs, lengths), packed(inputs, lengths), rtol=1e-9, atol=1e-12)
+
+
+# The given helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ns():
+    return exercises()
+
+
+def test_real_positions_and_random_stories(ns):
+    mask = ns["real_positions"](torch.tensor([3, 1, 4]), 4)
+    assert mask.tolist() == [[True, True, True, False], [True, False, False, False], [True, True, True, True]]
+    stories = ns["random_stories"](5, [2, 6, 3], vocabulary_size=9)
+    assert [len(s) for s in stories] == [2, 6, 3]
+    assert all(s[0] == 2 and s[-1] == 3 and (s[1:-1] >= 4).all() and (s < 9).all() for s in stories)
+
+
+@pytest.mark.parametrize("ids, expected", [
+    ([1, 2, 3, 1, 2, 3], True),            # one block of 3, twice
+    ([9, 9, 9, 9, 9, 9], True),            # a run of 6 equal ids is a block of 3 written twice
+    ([9, 9, 9, 9, 9], False),              # ... but 5 are not, and a doubled word ("had had") never is
+    ([5, 1, 2, 1, 2], False),              # period 2 is below min_period
+    ([7] + list(range(20)) * 2, True),     # a block of 20
+    ([7] + list(range(21)) * 2, False),    # a block of 21 is above max_period
+    ([1, 2, 3, 4, 1, 2, 3, 5], False),     # the end must repeat exactly
+])
+def test_ends_with_repetition(ns, ids, expected):
+    assert ns["ends_with_repetition"](ids) is expected
+
+
+def test_the_stand_in_model_is_causal_and_returns_real_positions_in_batch_major_order(ns):
+    model = ns["StandInLM"](10, 3, seed=0)
+    inputs = torch.tensor([[2, 5, 6, 7], [2, 8, 0, 0]])
+    lengths = torch.tensor([4, 2])
+    logits = model(inputs, lengths)
+    assert logits.shape == (6, 10) and logits.dtype == torch.float64
+    alone = model(inputs[1:, :2], lengths[1:])
+    torch.testing.assert_close(logits[4:], alone)
+    torch.testing.assert_close(model(inputs[:1, :2], torch.tensor([2])), logits[:2])  # later tokens change nothing
+    assert torch.equal(ns["StandInLM"](10, 3, seed=0, scale=0.0)(inputs, lengths), torch.zeros(6, 10, dtype=torch.float64))
+
+
+def test_the_checks_need_no_data_files(tmp_path, monkeypatch, ns):
+    """The check vocabulary comes from the notebook's own sentences and the installed GloVe package."""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "nothing-here"))
+    vocab = ns["check_vocabulary"]()
+    assert len(vocab) == 40 and vocab.itos[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert {"once", "lily", ",", "."} <= set(vocab.itos) and vocab.encode(["upon", "zebra"]) == [vocab.unk_id] * 2
+    for test_id in ("test_use", "test_prompt"):
+        assert "✓" in run_check(test_id, hidden=True)
+    assert not (tmp_path / "nothing-here").exists()
+
+
+def test_fast_mode_writes_the_checkpoint_and_traces_outside_the_notebook_folder(monkeypatch, tmp_path):
+    """Otherwise nbgrader would copy lm_model.pt and traces.txt from solutions/ into the release."""
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()  # fast mode sets one thread
+    try:
+        for fast, in_notebook_folder in (("1", False), ("0", True)):
+            monkeypatch.setenv("COURSE_FAST", fast)
+            monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+            namespace = exercises()
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(cell_source("settings"), namespace)
+            output = namespace["OUTPUT_DIR"].resolve()
+            assert (output == tmp_path.resolve()) is in_notebook_folder
+            if not in_notebook_folder:
+                assert output.is_relative_to(Path(tempfile.gettempdir()).resolve())
+            namespace["trace"]("hello")
+            assert (output / "traces.txt").read_text() == "hello\n"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_train_accepts_a_batches_hook_and_a_schedule(ns):
+    """The hooks the full-mode recipe plugs in: another batching and a learning-rate schedule."""
+    model = ns["StandInLM"](11, 4, seed=1)
+    stories = ns["random_stories"](2, [5, 9, 3, 7, 4, 6], vocabulary_size=11)
+    seen = []
+
+    def longest_first(stories, batch_size, generator):
+        order = sorted(range(len(stories)), key=lambda i: -len(stories[i]))
+        for first in range(0, len(order), batch_size):
+            seen.append(order[first : first + batch_size])
+            yield [stories[i] for i in order[first : first + batch_size]]
+
+    rates = []
+
+    def schedule(optimizer):
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+        rates.append(optimizer)
+        return scheduler
+
+    logged = []
+    history = ns["train"](model, stories, stories[:2], epochs=2, batch_size=4, lr=0.1, batches=longest_first, schedule=schedule,
+                          log=logged.append, log_every=1)
+    assert seen == [[1, 3, 5, 0], [4, 2]] * 2
+    assert len(history["loss"]) == 4 and history["tokens"] == [8 + 6 + 5 + 4, 3 + 2] * 2
+    assert rates[0].param_groups[0]["lr"] == pytest.approx(0.1 / 5)
+    assert [step for step, _ in history["valid"]] == [2, 4] and any("validation loss" in line for line in logged)
+    assert not model.training
+
+
+def test_the_notebooks_plots():
+    import matplotlib
+    import pandas as pd
+
+    from shared.plotting import plot_generation_metrics, plot_loss_curves
+
+    matplotlib.use("Agg")
+    table = pd.DataFrame([{"temperature": t, "fpenalty": f, "entropy": t + f, "self_bleu": 1 - t / 2}
+                          for t in (0.5, 1.0, 1.5) for f in (0.0, 1.0)])
+    figure = plot_generation_metrics(table, ["entropy", "self_bleu"])
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["entropy", "self_bleu"]
+    assert all(len(ax.lines) == 2 for ax in panels)  # one line per penalty
+    assert list(panels[0].lines[1].get_ydata()) == [1.5, 2.0, 2.5]
+
+    history = {"loss": [5.0, 4.0, 3.0, 2.0], "tokens": [10, 20, 30, 40], "valid": [(2, 3.5), (4, 2.5)]}
+    figure = plot_loss_curves({"a": history, "b": {**history, "valid": []}}, smoothing=2)
+    (ax,) = figure.axes
+    training, validation, other = ax.lines
+    assert list(training.get_xdata()) == [30, 60, 100] and list(training.get_ydata()) == [4.5, 3.5, 2.5]
+    assert list(validation.get_xdata()) == [30, 100] and list(validation.get_ydata()) == [3.5, 2.5]
+    assert len(other.get_xdata()) == 3
