@@ -104,7 +104,7 @@ def fingerprint(submitted: Path, assignment: str, student: str) -> str:
     digest = hashlib.sha256()
     inputs = [submitted / student / assignment, HERE.parent / "solutions" / assignment]
     files = [f for folder in inputs for f in sorted(folder.rglob("*")) if f.is_file()]
-    references = [HERE / "references" / f"{assignment}{suffix}" for suffix in (".pt", ".cells.json")]
+    references = [HERE / "references" / f"{assignment}{suffix}" for suffix in (".pt", ".cells.json", ".mistakes.pt")]
     grading_code = [HERE / name for name in ("grade.py", "nbgrader_config.py", "preprocessors.py", "sandbox.py")]
     files += references + grading_code + [HERE.parent / "shared" / "checks.py"]  # checks.compare scores hidden checks
     for path in files:
@@ -150,9 +150,11 @@ def hidden_check_failures(assignment: str, outbox: Path) -> dict[str, str]:
     """{test cell grade_id: reason} for each test cell with a hidden check that failed or did not run."""
     import torch
 
-    from shared.checks import compare
+    from shared.checks import compare, matching_mistake, mistake_message
 
     references = torch.load(HERE / "references" / f"{assignment}.pt", weights_only=True)
+    mistakes_file = HERE / "references" / f"{assignment}.mistakes.pt"
+    mistakes = torch.load(mistakes_file, weights_only=True) if mistakes_file.exists() else {}
     cells = json.loads((HERE / "references" / f"{assignment}.cells.json").read_text())
     received = received_hidden_values(outbox)
     failures = {}
@@ -168,7 +170,10 @@ def hidden_check_failures(assignment: str, outbox: Path) -> dict[str, str]:
                     compare(name, message.get("value"), reference["value"], rtol=reference["rtol"], atol=reference["atol"])
                     continue
                 except AssertionError as error:
-                    detail = str(error).strip().splitlines()[0].removeprefix(f"Check '{name}': ")
+                    mistake = matching_mistake(message.get("value"), mistakes.get(name, []), reference["rtol"], reference["atol"])
+                    # A named mistake keeps its hint (one line); otherwise the first line says what differs.
+                    lines = mistake_message(name, mistake).split("\n") if mistake else str(error).strip().splitlines()[:1]
+                    detail = " ".join(line.strip() for line in lines).strip().removeprefix(f"Check '{name}': ")
                     failures[grade_id] = f"hidden check '{name}': {detail}"
             break
     return failures

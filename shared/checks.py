@@ -9,6 +9,11 @@ Public references ship with this package (`shared/references/<assignment>.pt`); 
 only in the instructor's repository (`autograder/references/<assignment>.pt`). While grading,
 `$COURSE_GRADING_OUTBOX` names a folder: hidden checks then only write the value there, and the
 grader compares it with the hidden reference outside the student's kernel.
+
+Known mistakes: `make references` also runs each mistake catalogued in autograder/mistakes/ (a small
+edit of the solution, e.g. the unbiased variance in LayerNorm) and records what the checks output
+then, in <assignment>.mistakes.pt beside the references. When a value fails its check but matches a
+recorded mistake's output, the message names that mistake and points to the equation.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ PUBLIC_DIR = Path(__file__).resolve().parent / "references"
 HIDDEN_DIR = Path(__file__).resolve().parent.parent / "autograder" / "references"
 
 Leaf = torch.Tensor | int | float | bool
+# Set (in the kernel) by tools/record_references.py while it runs a catalogued mistake: checks then
+# record their values as that mistake's output instead of as references.
+recording_mistake: str | None = None
 MAX_ROWS_SHOWN = 5
 
 
@@ -70,7 +78,7 @@ def _shape_hint(got: torch.Size, expected: torch.Size) -> str:
     return ""
 
 
-def _compare_tensors(label: str, got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> None:
+def _compare_tensors(label: str, got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, equal_nan: bool = False) -> None:
     if got.shape != expected.shape:
         raise CheckFailed(
             f"{label} has the wrong shape.\n"
@@ -84,7 +92,7 @@ def _compare_tensors(label: str, got: torch.Tensor, expected: torch.Tensor, rtol
         )
     got = got.detach().cpu()
     try:
-        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol, equal_nan=False)
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol, equal_nan=equal_nan)
         return
     except AssertionError:
         pass
@@ -123,11 +131,11 @@ def _row(flat: int, got: torch.Tensor, expected: torch.Tensor) -> str:
     return f"  {_index(flat, got.shape):<16}{got.reshape(-1)[flat].item():>16.6g}{expected.reshape(-1)[flat].item():>16.6g}"
 
 
-def _compare_leaf(label: str, got: Any, expected: Leaf, rtol: float, atol: float) -> None:
+def _compare_leaf(label: str, got: Any, expected: Leaf, rtol: float, atol: float, equal_nan: bool = False) -> None:
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"{label} should be {_describe(expected)}, but it is {_describe(got)}.\n")
-        _compare_tensors(label, got, expected, rtol, atol)
+        _compare_tensors(label, got, expected, rtol, atol, equal_nan)
         return
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
@@ -135,11 +143,13 @@ def _compare_leaf(label: str, got: Any, expected: Leaf, rtol: float, atol: float
         if isinstance(got, float) or got != expected:
             raise CheckFailed(f"{label}: expected exactly {expected!r}, got {got!r}.\n")
         return
+    if equal_nan and isinstance(got, float) and math.isnan(got) and math.isnan(expected):
+        return
     if not isinstance(got, (int, float)) or not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
         raise CheckFailed(f"{label}: expected {expected!r} (within {atol:g} + {rtol:g}·|expected|), got {got!r}.\n")
 
 
-def compare(name: str, got: Any, expected: Any, *, rtol: float, atol: float) -> None:
+def compare(name: str, got: Any, expected: Any, *, rtol: float, atol: float, equal_nan: bool = False) -> None:
     """Raise CheckFailed, naming the check and the first differing part, unless `got` matches `expected`."""
     __tracebackhide__ = True
     expected_leaves = flatten(expected)
@@ -151,7 +161,23 @@ def compare(name: str, got: Any, expected: Any, *, rtol: float, atol: float) -> 
         )
     for path, expected_leaf in expected_leaves.items():
         label = f"Check '{name}': {path}" if len(expected_leaves) > 1 or path != "output" else f"Check '{name}': the output"
-        _compare_leaf(label, got_leaves[path], expected_leaf, rtol, atol)
+        _compare_leaf(label, got_leaves[path], expected_leaf, rtol, atol, equal_nan)
+
+
+def matching_mistake(got: Any, mistakes: list[dict], rtol: float, atol: float) -> dict | None:
+    """The first recorded mistake ({'id', 'title', 'hint', 'value'}) whose output `got` matches, if any."""
+    for mistake in mistakes:
+        try:
+            compare("mistake", got, mistake["value"], rtol=rtol, atol=atol, equal_nan=True)  # some mistakes give NaN
+        except CheckFailed:
+            continue
+        return mistake
+    return None
+
+
+def mistake_message(name: str, mistake: dict) -> str:
+    """A failure message that names a known mistake; its first line is what the grade notes show."""
+    return f"Check '{name}': the output matches a known mistake: {mistake['title']}.\n  {mistake['hint']}\n"
 
 
 def _structure(value: Any) -> str:
@@ -182,6 +208,7 @@ class Checker:
         record_root = os.environ.get(RECORD_ENV)
         self._record_root = Path(record_root) if record_root else None
         self._recorded: dict[str, dict[str, Any]] = {"public": {}, "hidden": {}}
+        self._mistakes: dict[str, dict[str, list[dict]]] = {}
         self._sent = 0
 
     def _path(self, scope: str) -> Path:
@@ -208,8 +235,30 @@ class Checker:
             raise CheckFailed(f"No reference is recorded for check '{name}' of '{self.assignment}': instructors, run `make references`.\n")
         return references[name]
 
+    def _known_mistakes(self, scope: str, name: str) -> list[dict]:
+        if scope not in self._mistakes:
+            path = self._path(scope).with_suffix(".mistakes.pt")
+            self._mistakes[scope] = torch.load(path, weights_only=True) if path.exists() else {}
+        return self._mistakes[scope].get(name, [])
+
+    def _record_mistake(self, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
+        """Keep what a check outputs under a catalogued mistake (make references sorts them out later)."""
+        path = self._record_root / "mistakes-recorded" / f"{self.assignment}.pt"
+        recorded = torch.load(path, weights_only=True) if path.exists() else {}
+        try:
+            entry = {"value": _to_record(value), "rtol": rtol, "atol": atol}
+        except TypeError:
+            return
+        recorded.setdefault(recording_mistake, {}).setdefault(scope, {})[name] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(recorded, path)
+        print(f"recorded the output of mistake '{recording_mistake}' for {scope} check '{name}'")
+
     def _run(self, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
         __tracebackhide__ = True
+        if recording_mistake is not None and self._record_root is not None:
+            self._record_mistake(scope, name, value, rtol, atol)
+            return
         outbox = os.environ.get(OUTBOX_ENV)
         if scope == "hidden" and outbox and self._record_root is None:
             self._sent += 1
@@ -234,7 +283,13 @@ class Checker:
         reference = self._reference(scope, name)
         if scope == "hidden":
             reference, rtol, atol = reference["value"], reference["rtol"], reference["atol"]
-        compare(name, value, reference, rtol=rtol, atol=atol)
+        try:
+            compare(name, value, reference, rtol=rtol, atol=atol)
+        except CheckFailed as failure:
+            mistake = matching_mistake(value, self._known_mistakes(scope, name), rtol, atol)
+            if mistake is None:
+                raise
+            raise CheckFailed(mistake_message(name, mistake) + "  What was compared:\n  " + str(failure).replace("\n", "\n  ").rstrip() + "\n") from None
         print(f"✓ {name}: matches the reference")
 
     def check(self, name: str, value: Any, *, rtol: float, atol: float) -> None:

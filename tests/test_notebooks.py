@@ -85,6 +85,15 @@ def test_recorded_references_match_a_fresh_recording(assignment, tmp_path):
         assert sorted(fresh) == sorted(committed), f"{folder}/{assignment}.pt is stale: run make references"
         for name in fresh:
             torch.testing.assert_close(fresh[name], committed[name], rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        mistakes_file = f"{folder}/{assignment}.mistakes.pt"
+        assert (tmp_path / mistakes_file).exists() == (ROOT / mistakes_file).exists(), f"{mistakes_file} is stale: run make references"
+        if (ROOT / mistakes_file).exists():
+            fresh = torch.load(tmp_path / mistakes_file, weights_only=True)
+            committed = torch.load(ROOT / mistakes_file, weights_only=True)
+            texts = lambda recorded: {n: [(e["id"], e["title"], e["hint"]) for e in v] for n, v in recorded.items()}  # noqa: E731
+            assert texts(fresh) == texts(committed), f"{mistakes_file} is stale: run make references"
+            values = lambda recorded: {n: [e["value"] for e in v] for n, v in recorded.items()}  # noqa: E731
+            torch.testing.assert_close(values(fresh), values(committed), rtol=1e-12, atol=1e-12, equal_nan=True)
     cell_map = f"autograder/references/{assignment}.cells.json"
     assert (tmp_path / cell_map).read_text() == (ROOT / cell_map).read_text(), f"{cell_map} is stale: run make references"
 

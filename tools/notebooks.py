@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
+MISTAKES = ROOT / "autograder" / "mistakes"
 
 
 def assignments() -> list[str]:
@@ -55,3 +60,115 @@ def solution_namespace(assignment: str, cell_ids: list[str], namespace: dict | N
     for cell_id in cell_ids:
         exec("\n".join(line for line in sources[cell_id].splitlines() if not SOLUTION_MARKER.match(line)), namespace)
     return namespace
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A mistake students make, written as an edit of one solution cell (autograder/mistakes/<assignment>.toml)."""
+
+    id: str
+    cell: str  # grade_id of the solution cell to edit
+    find: str  # text that occurs exactly once in that cell
+    replace: str
+    title: str  # names the mistake, e.g. "the variance divides by d - 1"
+    hint: str  # what is right, and where the equation is
+    tests: tuple[str, ...] = ()  # test cells that show it; default: those between the cell and the next answer
+
+
+def mistakes(assignment: str) -> list[Mistake]:
+    """The mistakes catalogued for `assignment` (none if it has no catalogue)."""
+    path = MISTAKES / f"{assignment}.toml"
+    if not path.exists():
+        return []
+    entries = tomllib.loads(path.read_text()).get("mistake", [])
+    return [Mistake(**{**entry, "tests": tuple(entry.get("tests", ()))}) for entry in entries]
+
+
+def with_mistake(source: str, mistake: Mistake) -> str:
+    """`source` with the mistake's edit made; ValueError unless its text occurs exactly once."""
+    count = source.count(mistake.find)
+    if count != 1:
+        raise ValueError(f"mistake '{mistake.id}': its `find` text occurs {count} times in cell '{mistake.cell}', not once")
+    return source.replace(mistake.find, mistake.replace)
+
+
+def _grade_id(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def _is_answer(cell) -> bool:
+    return cell.cell_type == "code" and cell.get("metadata", {}).get("nbgrader", {}).get("solution", False)
+
+
+def _is_test(cell) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return cell.cell_type == "code" and meta.get("grade", False) and not meta.get("solution", False)
+
+
+def mistake_segment(notebook: nbformat.NotebookNode, mistake: Mistake) -> tuple[int, list[int]]:
+    """(index of the edited cell, indices of the code cells to run after it, down to its last test cell)."""
+    cells = notebook.cells
+    start = next((i for i, c in enumerate(cells) if _grade_id(c) == mistake.cell and _is_answer(c)), None)
+    if start is None:
+        raise ValueError(f"mistake '{mistake.id}': no answer cell '{mistake.cell}'")
+    if mistake.tests:
+        missing = set(mistake.tests) - {_grade_id(c) for c in cells if _is_test(c)}
+        if missing:
+            raise ValueError(f"mistake '{mistake.id}': no test cells {sorted(missing)}")
+        last = max(i for i, c in enumerate(cells) if _grade_id(c) in mistake.tests)
+    else:
+        after = [i for i in range(start + 1, len(cells)) if cells[i].cell_type == "code"]
+        tests = []
+        for i in after:
+            if _is_answer(cells[i]):
+                break
+            if _is_test(cells[i]):
+                tests.append(i)
+        if not tests:
+            raise ValueError(f"mistake '{mistake.id}': no test cell follows '{mistake.cell}' before the next answer")
+        last = tests[-1]
+    return start, [i for i in range(start + 1, last + 1) if cells[i].cell_type == "code"]
+
+
+def run_mistakes(
+    assignment: str, *, env: dict[str, str], before: Callable[[NotebookClient, Mistake], None] | None = None,
+    after: Callable[[NotebookClient, Mistake, list], None] | None = None, timeout: int = 600,
+) -> list[Mistake]:
+    """Run the solution notebook cell by cell in one kernel; just before each catalogued cell, run each
+    of its mistakes (the edited cell, then the cells down to its tests) on copies of the cells.
+
+    `before(client, mistake)` runs just before a mistake's cells, `after(client, mistake, cells)` receives
+    the executed copies ([edited cell, following cells...]). Stops after the last mistake.
+    """
+    catalogue = mistakes(assignment)
+    path = SOLUTIONS / assignment / f"{assignment}.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    segments = {m: mistake_segment(notebook, m) for m in catalogue}
+    if not catalogue:
+        return []
+    end = max(cells[-1] if cells else start for start, cells in segments.values())
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.reset_execution_trackers()
+    with client.setup_kernel(env={**os.environ, **env}):
+        client.wait_for_reply(client.kc.kernel_info())
+        for index, cell in enumerate(notebook.cells[: end + 1]):
+            if cell.cell_type != "code":
+                continue
+            for mistake in (m for m in catalogue if segments[m][0] == index):
+                edited = copy.deepcopy(cell)
+                edited.source = with_mistake(cell.source, mistake)
+                followers = [copy.deepcopy(notebook.cells[i]) for i in segments[mistake][1]]
+                if before:
+                    before(client, mistake)
+                for copied in [edited] + followers:
+                    client.execute_cell(copied, index)
+                if after:
+                    after(client, mistake, [edited] + followers)
+            client.execute_cell(cell, index)
+    return catalogue
+
+
+def run_in_kernel(client: NotebookClient, source: str) -> None:
+    """Run a line of setup code in the client's kernel (not part of the notebook)."""
+    client.execute_cell(nbformat.v4.new_code_cell(source), 0)

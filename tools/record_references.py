@@ -3,16 +3,23 @@
 Public references go to shared/references/<assignment>.pt (shipped to students), hidden ones to
 autograder/references/<assignment>.pt (instructors only), and autograder/references/<assignment>.cells.json
 says which test cell records which hidden check, so the grader can score each cell from outside
-the student's kernel. Usage: python tools/record_references.py [assignment ...]
+the student's kernel.
+
+Then each mistake catalogued in autograder/mistakes/<assignment>.toml is run (its edited cell and the
+cells down to its tests), and what each check outputs under it goes to <assignment>.mistakes.pt beside
+the public and hidden references, so a failing check can name the mistake. A mistake whose edit
+changes no check's output is an error: the catalogue would promise a message no student can get.
+Usage: python tools/record_references.py [assignment ...]
 """
 
 import json
+import shutil
 import sys
 import time
 
 import torch
 
-from notebooks import ROOT, assignments, errors, execute
+from notebooks import ROOT, assignments, errors, execute, run_in_kernel, run_mistakes
 
 
 def record(assignment: str, root=ROOT) -> None:
@@ -44,7 +51,51 @@ def record(assignment: str, root=ROOT) -> None:
     if failed:
         raise SystemExit(f"{assignment}: the solution notebook failed while recording:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items()))
     (root / "autograder/references" / f"{assignment}.cells.json").write_text(json.dumps(cells, indent=1) + "\n")
+    record_mistakes(assignment, root)
     print(f"{assignment}: references recorded in {time.monotonic() - started:.1f} s")
+
+
+def record_mistakes(assignment: str, root=ROOT) -> None:
+    """Record what the checks output under each catalogued mistake that changes them."""
+    from shared.checks import CheckFailed, compare
+
+    targets = {"public": root / "shared/references" / f"{assignment}.mistakes.pt",
+               "hidden": root / "autograder/references" / f"{assignment}.mistakes.pt"}
+    for path in targets.values():
+        path.unlink(missing_ok=True)
+    # The checks of the cells around the mistakes record again too: into a scratch folder, thrown away.
+    scratch = root / ".mistakes-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    catalogue = run_mistakes(
+        assignment, env={"COURSE_RECORD_REFERENCES": str(scratch), "COURSE_FAST": "1"},
+        before=lambda client, mistake: run_in_kernel(client, f"import shared.checks; shared.checks.recording_mistake = {mistake.id!r}"),
+        after=lambda client, mistake, cells: run_in_kernel(client, "import shared.checks; shared.checks.recording_mistake = None"),
+    )
+    if not catalogue:
+        return
+    raw = scratch / "mistakes-recorded" / f"{assignment}.pt"
+    recorded = torch.load(raw, weights_only=True) if raw.exists() else {}
+    shutil.rmtree(scratch, ignore_errors=True)
+    references = {"public": torch.load(root / "shared/references" / f"{assignment}.pt", weights_only=True),
+                  "hidden": torch.load(root / "autograder/references" / f"{assignment}.pt", weights_only=True)}
+    found: dict[str, dict[str, list[dict]]] = {"public": {}, "hidden": {}}
+    for mistake in catalogue:
+        changed = 0
+        for scope, outputs in recorded.get(mistake.id, {}).items():
+            for name, output in outputs.items():
+                correct = references[scope][name]
+                try:
+                    compare(name, output["value"], correct["value"] if scope == "hidden" else correct, rtol=output["rtol"], atol=output["atol"])
+                    continue  # this check cannot tell the mistake from the right answer
+                except CheckFailed:
+                    changed += 1
+                entry = {"id": mistake.id, "title": mistake.title, "hint": mistake.hint, "value": output["value"]}
+                found[scope].setdefault(name, []).append(entry)
+        if not changed:
+            raise SystemExit(f"{assignment}: mistake '{mistake.id}' changes no check's output: fix or drop it in autograder/mistakes/{assignment}.toml")
+    for scope, path in targets.items():
+        torch.save(found[scope], path)
+    print(f"{assignment}: {len(catalogue)} catalogued mistakes recorded")
 
 
 if __name__ == "__main__":
