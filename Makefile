@@ -11,7 +11,7 @@ SUBMISSIONS ?= $(CURDIR)/submitted
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test lab release references grade student-bundle formgrader lock clean data
+.PHONY: help setup test lab check release references grade student-bundle formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ data: ## Prepare data/tiny/ (TinyStories splits); offline: TINYSTORIES_DIR=/path
 lab: ## Open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks
 
+check: ## Run notebooks headless and print each exercise's visible checks (NB=path/to.ipynb, FULL=1 full-size training)
+	@$(BIN)/python -m shared.notebook_check $(if $(filter 1,$(FULL)),--full) "$(or $(NB),notebooks)"
+
 release: ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
 	cd autograder && for assignment in $(ASSIGNMENTS); do \
@@ -48,7 +51,7 @@ grade: ## Autograde SUBMISSIONS (default submitted/) in WORKERS processes (FORCE
 	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1,$(FORCE)),--force)
 
 formgrader: ## Open nbgrader's formgrader to grade written answers by hand
-	cd autograder && SUBMISSIONS="$(SUBMISSIONS)" GRADING_OUTPUT="$(GRADING_OUTPUT)" $(BIN)/jupyter lab --ServerApp.default_url=/formgrader
+	cd autograder && SUBMISSIONS="$(SUBMISSIONS)" GRADING_OUTPUT="$(GRADING_OUTPUT)" $(BIN)/jupyter lab --LabApp.default_url=/formgrader $(if $(filter 0,$(shell id -u)),--allow-root)
 
 student-bundle: ## Build dist/student-bundle(.tar.gz): what students clone
 	$(BIN)/python tools/student_bundle.py

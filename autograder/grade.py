@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -63,7 +64,7 @@ def register_assignment(api, assignment: str) -> None:
     with tempfile.TemporaryDirectory() as scratch, temp_attrs(api.coursedir, release_directory=scratch):
         result = api.generate_assignment(assignment, force=True, create=True)
     if not result["success"]:
-        raise SystemExit(f"Could not register assignment {assignment} from solutions/:\n{result.get('error', '')}")
+        raise SystemExit(f"Could not register assignment {assignment} from solutions/:\n{result.get('log', '')}\n{result.get('error', '')}")
 
 
 def register_students(api, students: list[str]) -> None:
@@ -198,6 +199,45 @@ def apply_hidden_check_failures(assignment: str, student: str, failures: dict[st
     nbformat.write(notebook, path)
 
 
+@functools.cache
+def feedback_converter_class():
+    """nbgrader's GenerateFeedback keeping one HTML exporter per worker, so its templates compile once, not per submission."""
+    from nbconvert.writers import FilesWriter
+    from nbgrader.converters import GenerateFeedback
+
+    class FeedbackWithOneExporter(GenerateFeedback):
+        exporters: dict = {}
+
+        def start(self) -> None:
+            self.init_notebooks()
+            self.writer = FilesWriter(parent=self, config=self.config)
+            if "html" not in self.exporters:
+                self.exporters["html"] = self.exporter_class(parent=self, config=self.config)
+                for preprocessor in self.preprocessors:
+                    self.exporters["html"].register_preprocessor(preprocessor)
+            self.exporter = self.exporters["html"]
+            here = os.getcwd()
+            os.chdir(self.coursedir.root)
+            try:
+                self.convert_notebooks()
+            finally:
+                os.chdir(here)
+
+    return FeedbackWithOneExporter
+
+
+def generate_feedback(assignment: str, student: str) -> dict:
+    """What `nbgrader generate_feedback --assignment A --student S --force` does, with the worker's exporter."""
+    from nbgrader.utils import capture_log, temp_attrs
+    from traitlets.config import Config
+
+    with temp_attrs(_API.coursedir, assignment_id=assignment, student_id=student):
+        converter = feedback_converter_class()(coursedir=_API.coursedir, parent=_API)
+        converter.update_config(Config({"HTMLExporter": {"template_name": "feedback"}}))
+        converter.force = True
+        return capture_log(converter)
+
+
 def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
     """Autograde one submission and write its feedback; returns (assignment, student, failure reason or '', seconds)."""
     started = time.monotonic()
@@ -215,7 +255,7 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
         except Exception as error:  # a grader bug must not stop the class: report it on this submission
             result["success"], reason = False, f"grader error while scoring hidden checks: {error!r}"
     if result["success"]:
-        feedback = _API.generate_feedback(assignment, student, force=True)
+        feedback = generate_feedback(assignment, student)
         if not feedback["success"]:
             reason = "feedback failed: " + first_error_line(feedback.get("error", ""))
     return assignment, student, reason, time.monotonic() - started
@@ -250,6 +290,42 @@ def grade(pairs: list[tuple[str, str]], submitted: Path, output: Path, workers: 
     return failures
 
 
+def hand_marks(api, assignment: str, student: str) -> list[tuple]:
+    """The scores, extra credit and comments given by hand (in formgrader) to one submission; None where none was given."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(api.coursedir.db_url) as gradebook:
+        notebooks = gradebook.find_submission(assignment, student).notebooks
+        marks = [("grade", n.name, g.name, g.manual_score, g.extra_credit) for n in notebooks for g in n.grades]
+        marks += [("comment", n.name, c.name, c.manual_comment) for n in notebooks for c in n.comments]
+    return sorted(marks, key=lambda mark: mark[:3])
+
+
+def refresh_feedback(api, pairs: list[tuple[str, str]], output: Path) -> int:
+    """Rewrite the feedback of graded submissions whose hand-given marks changed since it was written; returns how many.
+
+    Manual grading happens in formgrader after this script wrote the feedback, and a rerun skips the
+    submission, so without this the feedback would keep showing the written answers ungraded.
+    """
+    refreshed = 0
+    for assignment, student in pairs:
+        done = marker(output, assignment, student)
+        if not done.exists():  # not graded, so no feedback to refresh
+            continue
+        marks = hand_marks(api, assignment, student)
+        stamp, digest = done.with_suffix(".hand"), hashlib.sha256(repr(marks).encode()).hexdigest()
+        if stamp.exists() and stamp.read_text() == digest:
+            continue
+        if stamp.exists() or any(value is not None for mark in marks for value in mark[3:]):
+            result = api.generate_feedback(assignment, student, force=True)
+            if not result["success"]:
+                print(f"{assignment} / {student}: feedback failed: {first_error_line(result.get('error', ''))}", file=sys.stderr)
+                continue
+            refreshed += 1
+        stamp.write_text(digest)
+    return refreshed
+
+
 def export(api, pairs, failures, output: Path) -> None:
     """Write grades.csv (one row per submission) and grades_by_test.csv (one row per graded cell)."""
     from nbgrader.api import Gradebook, MissingEntry
@@ -277,6 +353,8 @@ def export(api, pairs, failures, output: Path) -> None:
                     note = notes.get((notebook.name, grade_entry.name), "")
                     if grade_entry.needs_manual_grade and grade_entry.manual_score is None:
                         note = note or "needs manual grading"
+                    elif grade_entry.needs_manual_grade:  # nbgrader keeps a manual score through a regrade, to be reviewed
+                        note = note or "manual score given before regrading: review it in formgrader"
                     by_test.append([student, assignment, notebook.name, grade_entry.name, score, grade_entry.max_score, note])
     write_csv(output / "grades.csv", ["student_id", "assignment", "score", "max_score"], totals)
     write_csv(output / "grades_by_test.csv", ["student_id", "assignment", "notebook", "grade_id", "score", "max_score", "note"], by_test)
@@ -337,6 +415,8 @@ def main() -> int:
         return 2
     output.mkdir(parents=True, exist_ok=True)
     os.environ["SUBMISSIONS"], os.environ["GRADING_OUTPUT"] = str(submitted), str(output)
+    # nbgrader runs tools installed beside it (alembic): find them even when the venv is not activated.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     # Share the cores between the workers' kernels: more math threads than cores would oversubscribe them.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(args.workers, 1))))
     sandboxed = use_sandbox(output)
@@ -358,6 +438,9 @@ def main() -> int:
     register_students(api, sorted({student for _, student in pairs}))
     started = time.monotonic()
     failures = grade(pairs, submitted, output, max(args.workers, 1), args.force)
+    refreshed = refresh_feedback(api, pairs, output)
+    if refreshed:
+        print(f"Rewrote the feedback of {refreshed} submissions with marks given by hand since it was written.")
     export(api, pairs, failures, output)
     elapsed = time.monotonic() - started
     print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s with {args.workers} workers{', sandboxed' if sandboxed else ''}; "

@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from conftest import BIN, ROOT, make
+from notebooks import mistakes, with_mistake
 from submissions import insert_code_cell, release_notebook, solution_sources, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
@@ -74,6 +75,12 @@ def with_test_cell_first(grade_id: str):
     return notebook
 
 
+def with_mistake_made(mistake_id: str) -> str:
+    """The answer cell a student would write if they made a catalogued mistake (autograder/mistakes/)."""
+    mistake = next(m for m in mistakes(ASSIGNMENT) if m.id == mistake_id)
+    return with_mistake(solution_sources(ASSIGNMENT)[mistake.cell], mistake)
+
+
 def with_test_cell_replaced(grade_id: str, source: str):
     notebook = solved(ASSIGNMENT)
     next(c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id).source = source
@@ -99,6 +106,7 @@ CLASS = {
     "fork_bomb": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", FORK_BOMB),
     "ignores_interrupts": lambda: insert_code_cell(solved(ASSIGNMENT), "setup", IGNORES_INTERRUPTS),
     "reordered": lambda: with_test_cell_first("test_rnn_step"),
+    "known_mistake": lambda: solved(ASSIGNMENT, {"rnn_step": with_mistake_made("rnn_without_bias")}),
 }
 
 
@@ -125,14 +133,14 @@ def graded(tmp_path_factory):
 
     first = tmp_path_factory.mktemp("first")
     result = make("grade", *settings, f"GRADING_OUTPUT={first}", env=env)
-    assert "Graded 17 submissions" in result.stdout and "with 2 workers, sandboxed" in result.stdout
+    assert "Graded 18 submissions" in result.stdout and "with 2 workers, sandboxed" in result.stdout
 
     resumed = tmp_path_factory.mktemp("resumed")
     command = ["make", "--no-print-directory", "grade", f"BIN={BIN}", *settings, f"GRADING_OUTPUT={resumed}"]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in process.stdout:
-        if line.startswith("[1/17]"):
+        if line.startswith("[1/18]"):
             break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -171,6 +179,7 @@ def test_every_submission_gets_exactly_its_grade(graded):
         "fork_bomb": FULL,  # the bomb is stopped at the process limit and its processes killed after the cell
         "ignores_interrupts": FULL,  # the stuck kernel is replaced; the cells below run in a fresh one
         "reordered": FULL - 5,  # test_rnn_step, moved above the code it needs, fails; the rest is graded as usual
+        "known_mistake": FULL - 10,  # rnn_step without its bias, and rnn_forward, which calls it
     }
     assert {row["max_score"] for row in read_csv(graded["first"] / "grades.csv") if row["assignment"] == ASSIGNMENT} == {str(FULL)}
     assert totals(graded["first"], SECOND_ASSIGNMENT) == {"correct": 20.0}
@@ -189,6 +198,16 @@ def test_per_test_breakdown_says_what_went_wrong(graded):
         "test_rnn_step", "test_lstm_step", "test_rnn_forward", "test_lstm_forward",
         "test_lstm_cell", "test_lstm", "test_lstm_num_parameters", "test_lstm_lm",
     ]
+
+
+def test_a_known_mistake_is_named_in_the_notes_and_the_feedback(graded):
+    import html
+
+    title = next(m.title for m in mistakes(ASSIGNMENT) if m.id == "rnn_without_bias")
+    rows = cell_rows(graded["first"], "known_mistake")
+    assert f"Check 'rnn_step': the output matches a known mistake: {title}." in rows["test_rnn_step"]["note"]
+    feedback = (graded["first"] / "feedback/known_mistake" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    assert f"known mistake: {html.escape(title)}" in feedback
 
 
 def test_hidden_checks_are_scored_outside_the_kernel(graded):
@@ -232,8 +251,8 @@ def test_an_interrupted_run_resumes_to_the_same_grades(graded):
 
 
 def test_rerunning_skips_what_is_graded_and_changes_nothing(graded):
-    # the six gradable submissions are skipped; only the unreadable one is tried again
-    assert "16 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
+    # the gradable submissions are skipped; only the unreadable one is tried again
+    assert "17 submissions are already graded with the same inputs; grading the other 1." in graded["rerun"]
     assert totals(graded["first"])["correct"] == FULL
 
 
