@@ -7,22 +7,32 @@ BIN := $(CURDIR)/$(VENV)/bin
 # nbgrader shells out to tools installed beside it (alembic), so the venv comes first on PATH.
 export PATH := $(BIN):$(PATH)
 
+# Debian packages: the grading sandbox, and the browser, offline MathJax and PDF tools behind make pdf.
+SYSTEM_PACKAGES = bubblewrap chromium libjs-mathjax poppler-utils
+
 SUBMISSIONS ?= $(CURDIR)/submitted
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test lab check release references grade student-bundle formgrader lock clean data
+.PHONY: help setup test lab check pdf release references grade student-bundle formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 setup: ## Create .venv with the pinned course environment and the shared package
-	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; \
-		else echo "note: instructors grading on Linux need bubblewrap (bwrap) to sandbox students' kernels"; fi; }
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || printf '%s ' $$p; done); \
+		[ -z "$$missing" ] || apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; }; \
+	else \
+		command -v bwrap >/dev/null || echo "note: instructors grading on Linux need bubblewrap (bwrap) to sandbox students' kernels"; \
+		command -v chromium >/dev/null || command -v google-chrome >/dev/null || [ -d "/Applications/Google Chrome.app" ] || \
+			echo "note: make pdf needs Chromium or Chrome (Debian/Ubuntu: sudo apt-get install chromium libjs-mathjax)"; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m shared.pdf --install-config
 	@$(BIN)/python -c "import torch, nbgrader, shared; print('ready: torch', torch.__version__, '| device', shared.pick_device())"
 
 test: ## Run the test suite (notebooks in fast mode)
@@ -36,6 +46,9 @@ lab: ## Open the notebooks in JupyterLab
 
 check: ## Run notebooks headless and print each exercise's visible checks (NB=path/to.ipynb, FULL=1 full-size training)
 	@$(BIN)/python -m shared.notebook_check $(if $(filter 1,$(FULL)),--full) "$(or $(NB),notebooks)"
+
+pdf: ## Export notebooks to PDF, each next to its notebook (NB=path/to.ipynb; default: every notebook in notebooks/)
+	$(BIN)/python -m shared.pdf $(NB)
 
 release: ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
