@@ -58,3 +58,11 @@ def submit(submissions: Path, student: str, assignment: str, notebook: nbformat.
     else:
         nbformat.write(notebook, path)
     return path
+
+
+def named(assignment: str, mistake_id: str) -> str:
+    """The words a failing check uses for a catalogued mistake (autograder/mistakes/<assignment>.toml)."""
+    from notebooks import mistakes
+
+    title = next(m.title for m in mistakes(assignment) if m.id == mistake_id)
+    return f"the output matches a known mistake: {title}."

@@ -21,7 +21,7 @@ from shared.data import seeded_randn
 from shared.plotting import plot_attention
 from shared.seq2seq import (EncoderDecoder, Seq2SeqEncoder, Vocab, exact_match, greedy_decode, reversal_split,
                             teacher_forcing_input, train_seq2seq)
-from submissions import solution_sources
+from submissions import named, solution_sources
 
 
 def softmax_of_kept(X, lens):
@@ -265,12 +265,11 @@ def masked_softmax(X, valid_lens):
 @pytest.mark.parametrize("result, message", [
     # -inf at masked positions: 0 / 0 in a row with nothing to keep
     ("torch.softmax(X.masked_fill(~keep, -torch.inf), dim=-1)",
-     "Check 'masked_softmax: a row with valid length 0 is all zeros': the output is NaN somewhere"),
+     named("04_attention", "masked_with_minus_inf")),
     # a large negative number: a uniform row where nothing is kept
-    ("torch.softmax(X.masked_fill(~keep, -1e6), dim=-1)",
-     "Check 'masked_softmax: a row with valid length 0 is all zeros': the output differs from the expected values"),
+    ("torch.softmax(X.masked_fill(~keep, -1e6), dim=-1)", named("04_attention", "masked_with_large_negative")),
     # zeroing after the softmax without renormalising
-    ("torch.softmax(X, dim=-1) * keep", "Check 'masked_softmax: every row sums to 1'"),
+    ("torch.softmax(X, dim=-1) * keep", named("04_attention", "mask_after_softmax")),
 ])
 def test_masked_softmax_check_names_the_mistake(result, message):
     assert message in run_check("04_attention", "test_masked_softmax", [wrong_masked_softmax(result)])
@@ -285,11 +284,10 @@ def test_dot_product_attention_check_catches_a_missing_scale():
 
 def test_transpose_checks_catch_head_major_order():
     wrong = replaced("06_multihead_attention", "transpose_qkv", "X.permute(0, 2, 1, 3)", "X.permute(2, 0, 1, 3)")
-    assert "entry 1 * 4 + 2 holds head 2 of example 1" in run_check("06_multihead_attention", "test_transpose_qkv", [wrong])
+    assert named("06_multihead_attention", "split_head_major") in run_check("06_multihead_attention", "test_transpose_qkv", [wrong])
     wrong = replaced("06_multihead_attention", "transpose_output", "X.reshape(BH // num_heads, num_heads, n, p)",
                      "X.reshape(num_heads, BH // num_heads, n, p).transpose(0, 1)")
-    assert "entry 1 * 4 + 2 (head 2 of example 1) goes to features 4 and 5" in run_check(
-        "06_multihead_attention", "test_transpose_output", [wrong])
+    assert named("06_multihead_attention", "join_head_major") in run_check("06_multihead_attention", "test_transpose_output", [wrong])
 
 
 def test_multihead_check_catches_lengths_repeated_in_the_wrong_order():
@@ -309,7 +307,7 @@ def test_multihead_check_catches_lengths_repeated_in_the_wrong_order():
     ("hidden_state[-1].unsqueeze(1)", "hidden_state[0].unsqueeze(1)", "Check 'seq2seq_attention_decoder': output['logits'] differs"),
     # the weights of earlier calls are never cleared
     ("outputs, self._attention_weights = [], []", "outputs = []",
-     "Check 'attention weights of the last call: one (B, 1, T) tensor per decoding step': the result has the wrong structure"),
+     named("05_seq2seq_attention", "attention_weights_not_reset")),
     # the state is not passed on: every call restarts from the encoder's state
     ("return logits, (enc_outputs, hidden_state, enc_valid_lens)", "return logits, state",
      "Check 'seq2seq_attention_decoder': output['hidden_state'] differs"),

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from submissions import named
 from shared.checks import CheckFailed
 
 ASSIGNMENT = "08_tinystories_lstm"
@@ -93,7 +94,7 @@ def test_check_cells_hidden_parts_included_pass_without_a_warning():
 
 MISTAKES = [  # (check cell, answer cell, solution text, wrong text, start of the expected message)
     ("test_collate_stories", "collate_stories", "padding_value=-100", "padding_value=0",
-     "Check 'collate_stories': output['targets'] differs"),
+     "Check 'collate_stories': " + named("08_tinystories_lstm", "targets_padded_with_zero")),
     ("test_collate_stories", "collate_stories", "len(story) - 1 for story in batch", "len(story) for story in batch",
      "Check 'collate_stories': output['lengths'] differs"),
     ("test_lstm_lm_forward", "lstm_lm", "return self.output(hidden[real_positions(lengths.to(hidden.device), max_len)])",
@@ -104,17 +105,17 @@ MISTAKES = [  # (check cell, answer cell, solution text, wrong text, start of th
     ("test_attend", "lstm_lm", "allowed = earlier[None] & real_positions(lengths.to(hidden.device), max_len)[:, None, :]",
      "allowed = earlier[None].expand(hidden.shape[0], -1, -1)", "Check 'LSTMLM.attend': the output differs"),
     ("test_attend", "lstm_lm", "earlier = positions[None, :] < positions[:, None]", "earlier = positions[None, :] <= positions[:, None]",
-     "Check 'LSTMLM.attend': the output differs"),
+     "Check 'LSTMLM.attend': " + named("08_tinystories_lstm", "attends_to_current_position")),
     ("test_attend", "lstm_lm", "/ math.sqrt(hidden.shape[-1])", "", "Check 'LSTMLM.attend': the output differs"),
     ("test_attend", "lstm_lm", "weights = torch.softmax(scores, dim=-1).masked_fill(~has_key, 0.0)",
      "weights = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1)", "Check 'LSTMLM.attend': the output is NaN somewhere"),
     ("test_lstm_lm_attention", "lstm_lm", "torch.cat([self.attend(hidden, lengths), hidden], dim=-1)",
-     "torch.cat([hidden, self.attend(hidden, lengths)], dim=-1)", "Check 'LSTMLM.forward with attention': the output differs"),
+     "torch.cat([hidden, self.attend(hidden, lengths)], dim=-1)", "Check 'LSTMLM.forward with attention': " + named("08_tinystories_lstm", "context_after_hidden")),
     ("test_compute_loss", "compute_loss",  # the mean of the batch means
      "total += F.cross_entropy(logits, real_targets, reduction=\"sum\").item()\n            count += real_targets.numel()",
-     "total += F.cross_entropy(logits, real_targets).item()\n            count += 1", "Check 'compute_loss': the output: expected"),
+     "total += F.cross_entropy(logits, real_targets).item()\n            count += 1", "Check 'compute_loss': " + named("08_tinystories_lstm", "mean_of_batch_means")),
     ("test_train", "train", "            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n", "",
-     "Check 'train: losses of the 6 steps': the output differs"),
+     "Check 'train: losses of the 6 steps': " + named("08_tinystories_lstm", "no_gradient_clipping")),
     ("test_train", "train", "            optimizer.zero_grad()\n", "", "Check 'train: losses of the 6 steps': the output differs"),
     ("test_train", "train", "loss = criterion(logits, targets[targets != -100])",
      "loss = F.cross_entropy(logits, targets[targets != -100], reduction='sum')", "Check 'train: losses of the 6 steps': the output differs"),
