@@ -147,16 +147,23 @@ def received_hidden_values(outbox: Path) -> dict[str, dict]:
     return received
 
 
-def hidden_check_failures(assignment: str, outbox: Path) -> dict[str, str]:
-    """{test cell grade_id: reason} for each test cell with a hidden check that failed or did not run."""
+@functools.cache
+def hidden_references(assignment: str) -> tuple[dict, dict, dict]:
+    """(hidden references, recorded mistakes, {test cell: check names}) of an assignment, read once per worker."""
     import torch
-
-    from shared.checks import compare, matching_mistake, mistake_message
 
     references = torch.load(HERE / "references" / f"{assignment}.pt", weights_only=True)
     mistakes_file = HERE / "references" / f"{assignment}.mistakes.pt"
     mistakes = torch.load(mistakes_file, weights_only=True) if mistakes_file.exists() else {}
     cells = json.loads((HERE / "references" / f"{assignment}.cells.json").read_text())
+    return references, mistakes, cells
+
+
+def hidden_check_failures(assignment: str, outbox: Path) -> dict[str, str]:
+    """{test cell grade_id: reason} for each test cell with a hidden check that failed or did not run."""
+    from shared.checks import compare, matching_mistake, mistake_message
+
+    references, mistakes, cells = hidden_references(assignment)
     received = received_hidden_values(outbox)
     failures = {}
     for grade_id, names in cells.items():
@@ -185,6 +192,8 @@ def apply_hidden_check_failures(assignment: str, student: str, failures: dict[st
     import nbformat
     from nbgrader.api import Gradebook
 
+    if not failures:  # the usual case: nothing to change, so no need to open the gradebook and the notebook
+        return
     with Gradebook(_API.coursedir.db_url) as gradebook:
         for grade_id in failures:
             gradebook.find_grade(grade_id, assignment, assignment, student).auto_score = 0.0

@@ -120,7 +120,7 @@ MISTAKES = [  # (check cell, answer cell, solution text, wrong text, start of th
     ("test_train", "train", "loss = criterion(logits, targets[targets != -100])",
      "loss = F.cross_entropy(logits, targets[targets != -100], reduction='sum')", "Check 'train: losses of the 6 steps': the output differs"),
     ("test_use", "use", "ids = [vocab.bos_id] + vocab.encode(tokenize(text))", "ids = vocab.encode(tokenize(text))",
-     "Check 'use: probabilities': the output differs"),
+     "Check 'use: probabilities': " + named("08_tinystories_lstm", "use_without_bos")),
     ("test_use", "use", "torch.softmax(logits[-1], dim=-1)", "torch.softmax(logits[0], dim=-1)", "Check 'use: probabilities': the output differs"),
     ("test_adjust_logits", "adjust_logits", "return (logits - fpenalty * counts) / temperature",
      "return logits / temperature - fpenalty * counts", "Check 'adjust_logits': the output differs"),
@@ -133,13 +133,13 @@ MISTAKES = [  # (check cell, answer cell, solution text, wrong text, start of th
     ("test_generate_next_token", "generate_next_token", "1, generator=generator))", "1))",
      "Check 'generate_next_token': output['sampled'] differs"),
     ("test_prompt", "prompt", "            if ids[-1] == vocab.eos_id:\n                return vocab.decode(ids[start:])\n", "",
-     "Check 'prompt': output['sampled 0'] has the wrong shape"),
+     "Check 'prompt': " + named("08_tinystories_lstm", "prompt_does_not_stop_at_eos")),
     ("test_prompt", "prompt", "return vocab.decode(ids[start:])\n        if", "return vocab.decode(ids[start:-1])\n        if",
-     "Check 'prompt': output['sampled 0'] has the wrong shape"),
+     "Check 'prompt': " + named("08_tinystories_lstm", "prompt_drops_eos")),
     ("test_prompt", "prompt", "        if ends_with_repetition(ids):\n            break\n", "",
      "Check 'prompt': output['greedy'] has the wrong shape"),
     ("test_evaluate", "evaluate", "return math.exp(compute_loss(model, stories, batch_size))", "return 2 ** compute_loss(model, stories, batch_size)",
-     "Check 'evaluate: a model that knows nothing': the output: expected"),
+     "Check 'evaluate: a model that knows nothing': " + named("08_tinystories_lstm", "perplexity_base_two")),
 ]
 
 
