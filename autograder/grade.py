@@ -37,6 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+IMAGE_WITHOUT_ALT = re.compile(r"<img (?![^>]*\balt=)")
 
 
 def load_api():
@@ -211,8 +212,26 @@ def apply_hidden_check_failures(assignment: str, student: str, failures: dict[st
 @functools.cache
 def feedback_converter_class():
     """nbgrader's GenerateFeedback keeping one HTML exporter per worker, so its templates compile once, not per submission."""
+    from nbconvert.exporters import HTMLExporter, TemplateExporter
+    from nbconvert.filters.highlight import Highlight2HTML
+    from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
     from nbconvert.writers import FilesWriter
     from nbgrader.converters import GenerateFeedback
+
+    class FeedbackHTMLExporter(HTMLExporter):
+        """HTMLExporter without its final BeautifulSoup pass over the page (0.6 s per feedback page, most of the time).
+
+        That pass gives images an alt text and makes JupyterLab-template cells focusable; nbgrader's feedback
+        template has no such cells, so a substitution adds the alt text and the page is otherwise the same.
+        """
+
+        def from_notebook_node(self, nb, resources=None, **kw):
+            language = nb.metadata.get("language_info", {})
+            self.register_filter("highlight_code", Highlight2HTML(pygments_lexer=language.get("pygments_lexer", language.get("name")), parent=self))
+            resources = self._init_resources(resources)
+            self.register_filter("filter_data_type", WidgetsDataTypeFilter(notebook_metadata=self._nb_metadata, parent=self, resources=resources))
+            html, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)
+            return IMAGE_WITHOUT_ALT.sub('<img alt="a figure the notebook drew" ', html), resources
 
     class FeedbackWithOneExporter(GenerateFeedback):
         exporters: dict = {}
@@ -221,7 +240,7 @@ def feedback_converter_class():
             self.init_notebooks()
             self.writer = FilesWriter(parent=self, config=self.config)
             if "html" not in self.exporters:
-                self.exporters["html"] = self.exporter_class(parent=self, config=self.config)
+                self.exporters["html"] = FeedbackHTMLExporter(parent=self, config=self.config)
                 for preprocessor in self.preprocessors:
                     self.exporters["html"].register_preprocessor(preprocessor)
             self.exporter = self.exporters["html"]
@@ -270,32 +289,40 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
     return assignment, student, reason, time.monotonic() - started
 
 
-def grade(pairs: list[tuple[str, str]], submitted: Path, output: Path, workers: int, force: bool) -> dict[tuple[str, str], str]:
-    """Grade the pairs whose fingerprint changed, `workers` at a time; returns {(assignment, student): failure reason}."""
-    todo, failures = [], {}
+def pending(pairs: list[tuple[str, str]], submitted: Path, output: Path, force: bool) -> tuple[list[tuple[str, str]], dict]:
+    """(the pairs to grade: new, changed, or all with `force`; {pair: fingerprint})."""
     prints = {(assignment, student): fingerprint(submitted, assignment, student) for assignment, student in pairs}
+    todo = []
     for assignment, student in pairs:
         done = marker(output, assignment, student)
         if force or not done.exists() or done.read_text() != prints[(assignment, student)]:
             done.unlink(missing_ok=True)
             todo.append((assignment, student))
-    if len(todo) < len(pairs):
-        print(f"{len(pairs) - len(todo)} submissions are already graded with the same inputs; grading the other {len(todo)}.")
-    if not todo:
-        return failures
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context, initializer=_start_worker) as pool:
-        jobs = [pool.submit(grade_one, assignment, student) for assignment, student in todo]
-        for number, job in enumerate(as_completed(jobs), 1):
-            assignment, student, reason, seconds = job.result()
-            if reason:
-                failures[(assignment, student)] = reason
-            else:
-                done = marker(output, assignment, student)
-                done.parent.mkdir(parents=True, exist_ok=True)
-                done.write_text(prints[(assignment, student)])
-            status = f"FAILED: {reason}" if reason else "ok"
-            print(f"[{number}/{len(todo)}] {assignment} / {student}: {status} ({seconds:.1f} s)", flush=True)
+    return todo, prints
+
+
+def start_workers(count: int) -> ProcessPoolExecutor:
+    """`count` worker processes, started now: they import nbgrader while this process registers the assignments."""
+    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
+    for _ in range(count):
+        pool.submit(int)  # a no-op job makes the pool start a process
+    return pool
+
+
+def grade(pool: ProcessPoolExecutor, todo: list[tuple[str, str]], prints: dict, output: Path) -> dict[tuple[str, str], str]:
+    """Grade `todo` in the pool's workers; returns {(assignment, student): failure reason}."""
+    failures = {}
+    jobs = [pool.submit(grade_one, assignment, student) for assignment, student in todo]
+    for number, job in enumerate(as_completed(jobs), 1):
+        assignment, student, reason, seconds = job.result()
+        if reason:
+            failures[(assignment, student)] = reason
+        else:
+            done = marker(output, assignment, student)
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(prints[(assignment, student)])
+        status = f"FAILED: {reason}" if reason else "ok"
+        print(f"[{number}/{len(todo)}] {assignment} / {student}: {status} ({seconds:.1f} s)", flush=True)
     return failures
 
 
@@ -432,21 +459,28 @@ def main() -> int:
     if not sandboxed:
         print("WARNING: bubblewrap (bwrap) is not available: students' kernels run without a sandbox, so they could"
               " read files such as autograder/references/. Install bubblewrap to grade a real class.", file=sys.stderr)
-    # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise, not errors.
-    warnings.filterwarnings("ignore", message=".*not in session.*")
-    api = load_api()
-
     pairs = [pair for pair in find_submissions(submitted) if not args.assignment or pair[0] in args.assignment]
     known = {p.name for p in (HERE.parent / "solutions").iterdir() if p.is_dir()}
     unknown = sorted({assignment for assignment, _ in pairs} - known)
     if unknown:
         print(f"Skipping folders that are not assignments in solutions/: {', '.join(unknown)}", file=sys.stderr)
         pairs = [pair for pair in pairs if pair[0] in known]
-    for assignment in sorted({assignment for assignment, _ in pairs}):
-        register_assignment(api, assignment)
-    register_students(api, sorted({student for _, student in pairs}))
     started = time.monotonic()
-    failures = grade(pairs, submitted, output, max(args.workers, 1), args.force)
+    todo, prints = pending(pairs, submitted, output, args.force)
+    if len(todo) < len(pairs):
+        print(f"{len(pairs) - len(todo)} submissions are already graded with the same inputs; grading the other {len(todo)}.")
+    pool = start_workers(min(max(args.workers, 1), len(todo))) if todo else None
+    # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise, not errors.
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    try:
+        api = load_api()
+        for assignment in sorted({assignment for assignment, _ in todo}):
+            register_assignment(api, assignment)
+        register_students(api, sorted({student for _, student in pairs}))
+        failures = grade(pool, todo, prints, output) if pool is not None else {}
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     refreshed = refresh_feedback(api, pairs, output)
     if refreshed:
         print(f"Rewrote the feedback of {refreshed} submissions with marks given by hand since it was written.")
