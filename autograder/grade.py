@@ -326,14 +326,16 @@ def grade(pool: ProcessPoolExecutor, todo: list[tuple[str, str]], prints: dict, 
     return failures
 
 
-def hand_marks(api, assignment: str, student: str) -> list[tuple]:
+def hand_marks(gradebook, assignment: str, student: str) -> list[tuple]:
     """The scores, extra credit and comments given by hand (in formgrader) to one submission; None where none was given."""
-    from nbgrader.api import Gradebook
+    from nbgrader.api import MissingEntry
 
-    with Gradebook(api.coursedir.db_url) as gradebook:
+    try:
         notebooks = gradebook.find_submission(assignment, student).notebooks
-        marks = [("grade", n.name, g.name, g.manual_score, g.extra_credit) for n in notebooks for g in n.grades]
-        marks += [("comment", n.name, c.name, c.manual_comment) for n in notebooks for c in n.comments]
+    except MissingEntry:  # graded before, but the gradebook was replaced since: nothing given by hand
+        return []
+    marks = [("grade", n.name, g.name, g.manual_score, g.extra_credit) for n in notebooks for g in n.grades]
+    marks += [("comment", n.name, c.name, c.manual_comment) for n in notebooks for c in n.comments]
     return sorted(marks, key=lambda mark: mark[:3])
 
 
@@ -343,12 +345,14 @@ def refresh_feedback(api, pairs: list[tuple[str, str]], output: Path) -> int:
     Manual grading happens in formgrader after this script wrote the feedback, and a rerun skips the
     submission, so without this the feedback would keep showing the written answers ungraded.
     """
+    from nbgrader.api import Gradebook
+
+    graded = [(assignment, student) for assignment, student in pairs if marker(output, assignment, student).exists()]
+    with Gradebook(api.coursedir.db_url) as gradebook:  # one connection for the class, not one per submission
+        marks_of = {pair: hand_marks(gradebook, *pair) for pair in graded}
     refreshed = 0
-    for assignment, student in pairs:
-        done = marker(output, assignment, student)
-        if not done.exists():  # not graded, so no feedback to refresh
-            continue
-        marks = hand_marks(api, assignment, student)
+    for assignment, student in graded:
+        done, marks = marker(output, assignment, student), marks_of[(assignment, student)]
         stamp, digest = done.with_suffix(".hand"), hashlib.sha256(repr(marks).encode()).hexdigest()
         if stamp.exists() and stamp.read_text() == digest:
             continue
