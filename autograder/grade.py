@@ -254,13 +254,13 @@ def feedback_converter_class():
     return FeedbackWithOneExporter
 
 
-def generate_feedback(assignment: str, student: str) -> dict:
-    """What `nbgrader generate_feedback --assignment A --student S --force` does, with the worker's exporter."""
+def generate_feedback(api, assignment: str, student: str) -> dict:
+    """What `nbgrader generate_feedback --assignment A --student S --force` does, with this process's one exporter."""
     from nbgrader.utils import capture_log, temp_attrs
     from traitlets.config import Config
 
-    with temp_attrs(_API.coursedir, assignment_id=assignment, student_id=student):
-        converter = feedback_converter_class()(coursedir=_API.coursedir, parent=_API)
+    with temp_attrs(api.coursedir, assignment_id=assignment, student_id=student):
+        converter = feedback_converter_class()(coursedir=api.coursedir, parent=api)
         converter.update_config(Config({"HTMLExporter": {"template_name": "feedback"}}))
         converter.force = True
         return capture_log(converter)
@@ -283,7 +283,7 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
         except Exception as error:  # a grader bug must not stop the class: report it on this submission
             result["success"], reason = False, f"grader error while scoring hidden checks: {error!r}"
     if result["success"]:
-        feedback = generate_feedback(assignment, student)
+        feedback = generate_feedback(_API, assignment, student)
         if not feedback["success"]:
             reason = "feedback failed: " + first_error_line(feedback.get("error", ""))
     return assignment, student, reason, time.monotonic() - started
@@ -357,7 +357,7 @@ def refresh_feedback(api, pairs: list[tuple[str, str]], output: Path) -> int:
         if stamp.exists() and stamp.read_text() == digest:
             continue
         if stamp.exists() or any(value is not None for mark in marks for value in mark[3:]):
-            result = api.generate_feedback(assignment, student, force=True)
+            result = generate_feedback(api, assignment, student)
             if not result["success"]:
                 print(f"{assignment} / {student}: feedback failed: {first_error_line(result.get('error', ''))}", file=sys.stderr)
                 continue

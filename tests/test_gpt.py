@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import ROOT
+from submissions import named
 from shared.arithmetic import Tokenizer, apply_operator, get_arithmetic_dataset
 from shared.checks import CheckFailed
 from shared.experiments import History, evaluate, extrema, first_step_reaching, mean_std, metrics_table, summarize, train
@@ -294,37 +295,36 @@ def test_the_visible_checks_pass_on_the_solution(test_id):
     assert "✓" in run_visible(test_id)
 
 
-KNOWN = "the output matches a known mistake: "  # wrong code whose output equals a catalogued mistake's is named
 MISTAKES = [  # (check cell, answer cell, solution text, wrong text, start of the expected message)
     ("test_layer_norm", "layer_norm", "(centered * centered).mean(dim=-1, keepdim=True)",
-     "centered.var(dim=-1, keepdim=True)", f"Check 'layer_norm': {KNOWN}the variance divides by d - 1"),
+     "centered.var(dim=-1, keepdim=True)", "Check 'layer_norm': " + named("07_gpt", "unbiased_variance")),
     ("test_layer_norm", "layer_norm", "centered * torch.rsqrt(variance + self.eps)",
      "centered / (variance.sqrt() + self.eps)", "Check 'layer_norm': the output differs"),
     ("test_split_merge_heads", "multi_headed_attention", "tensor.reshape(B, S, self.num_heads, self.head_size).transpose(1, 2)",
-     "tensor.reshape(B, S, self.head_size, self.num_heads).permute(0, 3, 1, 2)", f"Check 'split_heads': {KNOWN}the features are split in the wrong order"),
+     "tensor.reshape(B, S, self.head_size, self.num_heads).permute(0, 3, 1, 2)", "Check 'split_heads': " + named("07_gpt", "head_split_order")),
     ("test_attention_weights", "multi_headed_attention", "scores.masked_fill(future, -torch.inf)", "scores",
      "Check 'attention_weights': the output differs"),
     ("test_attention_weights", "multi_headed_attention", "/ math.sqrt(self.head_size)", "",
-     f"Check 'attention_weights': {KNOWN}the scores are not divided by the square root of head_size"),
+     "Check 'attention_weights': " + named("07_gpt", "missing_scale")),
     ("test_apply_attention", "multi_headed_attention", "self.merge_heads(weights @ values)",
      "(weights @ values).reshape(values.shape[0], values.shape[2], -1)", "Check 'apply_attention': output['outputs'] differs"),
     ("test_attention_forward", "multi_headed_attention", "return self.output(outputs), weights",
      "return F.linear(outputs, self.output.weight), weights", "Check 'attention_forward': output['outputs'] differs"),
     ("test_attention_num_parameters", "attention_num_parameters", "(4 * model_size if bias else 0)", "0",
-     f"Check 'attention_num_parameters': {KNOWN}the biases are not counted"),
+     "Check 'attention_num_parameters': " + named("07_gpt", "biases_not_counted")),
     ("test_decoder_num_parameters", "decoder_num_parameters", "layer_norms = 2 * 2 * d_model", "layer_norms = 0",
-     f"Check 'decoder_num_parameters': {KNOWN}the two LayerNorms of each block are not counted"),
+     "Check 'decoder_num_parameters': " + named("07_gpt", "layer_norms_not_counted")),
     ("test_sinusoidal_embeddings", "gpt_embedding", "torch.arange(0, dimension, 2, dtype=torch.float64) / dimension",
      "torch.arange(0, dimension // 2, dtype=torch.float64) / dimension", "Check 'sinusoidal_embeddings': the output differs"),
     ("test_gpt_embedding", "gpt_embedding", "self.tokens(tokens) + self.position_encoding[: tokens.shape[1]]",
-     "self.tokens(tokens)", f"Check 'gpt_embedding': {KNOWN}the position codes are not added"),
+     "self.tokens(tokens)", "Check 'gpt_embedding': " + named("07_gpt", "positions_not_added")),
     ("test_gpt", "gpt", "self.classifier(self.norm(hidden))", "self.classifier(hidden)",
-     f"Check 'gpt': {KNOWN}the last LayerNorm before the classifier is missing"),
+     "Check 'gpt': " + named("07_gpt", "no_final_norm")),
     ("test_gpt", "gpt", "torch.stack(attentions, dim=1)", "torch.stack(attentions)",
      "Check 'gpt': output['attentions'] has the wrong shape"),
     ("test_loss", "loss_and_accuracy", "loss = -(target_log_probabilities * rhs).sum(dim=1) / rhs.sum(dim=1)",
      "loss = (-(target_log_probabilities * rhs).sum() / rhs.sum()).expand(len(targets))",
-     f"Check 'loss: mean over each row's RHS, then over the rows': {KNOWN}the loss averages over all right-hand-side tokens"),
+     "Check 'loss: mean over each row's RHS, then over the rows': " + named("07_gpt", "token_level_mean")),
     ("test_accuracy", "loss_and_accuracy", "correct.all(dim=1).to(logits.dtype)",
      "((correct & rhs).sum(1) / rhs.sum(1)).to(logits.dtype)", "Check 'accuracy: a row is right only if its whole RHS is'"),
     ("test_accuracy", "loss_and_accuracy", "| ~rhs", "| (positions[None, :] <= eq_positions[:, None])",

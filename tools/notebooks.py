@@ -141,12 +141,12 @@ def run_mistakes(
     the executed copies ([edited cell, following cells...]). Stops after the last mistake.
     """
     catalogue = mistakes(assignment)
+    if not catalogue:
+        return []
     path = SOLUTIONS / assignment / f"{assignment}.ipynb"
     notebook = nbformat.read(path, as_version=4)
     segments = {m: mistake_segment(notebook, m) for m in catalogue}
-    if not catalogue:
-        return []
-    end = max(cells[-1] if cells else start for start, cells in segments.values())
+    end = max(followers[-1] for _, followers in segments.values())  # a segment always ends at a test cell
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
     client.reset_execution_trackers()
