@@ -46,6 +46,9 @@ def load_api():
     from traitlets.config.loader import PyFileConfigLoader
 
     config = PyFileConfigLoader("nbgrader_config.py", path=str(HERE)).load_config()
+    # Once the last cell has run, every output and hidden-check value is in: stop the kernel at once.
+    # A graceful shutdown waits a second per submission for the kernel's exit hooks, with the core idle.
+    config.Execute.shutdown_kernel = "immediate"
     return NbGraderAPI(config=config)
 
 
@@ -301,9 +304,22 @@ def pending(pairs: list[tuple[str, str]], submitted: Path, output: Path, force: 
     return todo, prints
 
 
+def preload(assignments: list[str]) -> None:
+    """Import in this process what every worker needs, so workers forked from it start with it loaded."""
+    from shared import checks  # noqa: F401  (imports torch)
+
+    for assignment in assignments:
+        try:
+            hidden_references(assignment)
+        except (OSError, RuntimeError, ValueError):  # missing or damaged: each submission reports it when scored
+            pass
+    feedback_converter_class()
+
+
 def start_workers(count: int) -> ProcessPoolExecutor:
-    """`count` worker processes, started now: they import nbgrader while this process registers the assignments."""
-    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
+    """`count` worker processes, started now; on Linux forked, so they share what `preload` loaded."""
+    method = "fork" if sys.platform == "linux" else "spawn"  # macOS's system libraries are not safe to fork
+    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context(method), initializer=_start_worker)
     for _ in range(count):
         pool.submit(int)  # a no-op job makes the pool start a process
     return pool
@@ -473,11 +489,14 @@ def main() -> int:
     todo, prints = pending(pairs, submitted, output, args.force)
     if len(todo) < len(pairs):
         print(f"{len(pairs) - len(todo)} submissions are already graded with the same inputs; grading the other {len(todo)}.")
-    pool = start_workers(min(max(args.workers, 1), len(todo))) if todo else None
     # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise, not errors.
     warnings.filterwarnings("ignore", message=".*not in session.*")
+    api = load_api()
+    pool = None
     try:
-        api = load_api()
+        if todo:
+            preload(sorted({assignment for assignment, _ in todo}))
+            pool = start_workers(min(max(args.workers, 1), len(todo)))  # before any gradebook connection exists
         for assignment in sorted({assignment for assignment, _ in todo}):
             register_assignment(api, assignment)
         register_students(api, sorted({student for _, student in pairs}))

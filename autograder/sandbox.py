@@ -65,6 +65,8 @@ def passable_parents(path: Path) -> list[str]:
 def sandbox_command(connection_file: str) -> list[str]:
     """The bwrap command line that runs this script's inner stage for `connection_file`."""
     here, output = Path.cwd(), Path(os.environ["GRADING_OUTPUT"]).resolve()
+    if not here.is_relative_to(output / "autograded"):  # the folder is handed to the kernel's user: never anything else
+        raise SystemExit(f"sandbox.py: a graded kernel runs in {output / 'autograded'}/<student>/<assignment>, not in {here}")
     sockets = Path(json.loads(Path(connection_file).read_text())["ip"]).parent  # ipc transport: "ip" is a path prefix
     writable = [here, Path(os.environ["COURSE_GRADING_OUTBOX"]), sockets]
     secret = [REPOSITORY / "autograder", REPOSITORY / "solutions", REPOSITORY / ".git", Path(os.environ["SUBMISSIONS"]).resolve()]

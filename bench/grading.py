@@ -1,6 +1,7 @@
 """Measure grading cost per submission, side by side in one run.
 
-  notebook alone   executing a correct submission with nbclient (NBGRADER_EXECUTION set, as in grading)
+  notebook alone   executing a correct submission with nbclient (NBGRADER_EXECUTION set, as in grading;
+                   the kernel stopped at once after the last cell, as make grade does)
   make grade       autograder/grade.py (in-process nbgrader API, sandbox, feedback, CSVs), with
                    one worker (for the overhead per submission) and with one per core (throughput)
   plain nbgrader   `nbgrader autograde <assignment>` over the same submissions, one serial CLI call

@@ -228,6 +228,18 @@ def test_the_kernel_has_no_network_and_cannot_see_the_autograder(graded):
     assert "can see: []" in printed
 
 
+def test_the_sandbox_hands_over_no_folder_outside_the_autograded_copies(tmp_path):
+    """sandbox.py gives the kernel's folder to the kernel's user: run anywhere else, it must refuse and change nothing."""
+    folder = tmp_path / "not_a_submission"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("instructor's file")
+    owner = folder.stat().st_uid
+    result = subprocess.run([str(BIN / "python"), str(ROOT / "autograder/sandbox.py"), str(tmp_path / "kernel.json")], cwd=folder,
+                            env={**os.environ, "GRADING_OUTPUT": str(tmp_path / "output")}, capture_output=True, text=True)
+    assert result.returncode != 0 and "runs in" in result.stderr and str(folder) in result.stderr
+    assert folder.stat().st_uid == owner and (folder / "keep.txt").stat().st_uid == owner
+
+
 def test_runaway_cells_are_contained(graded):
     bomb = nbformat.read(graded["first"] / "autograded/memory_bomb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
     errors = [o for c in bomb.cells if "hoard" in c.source for o in c.outputs if o.output_type == "error"]

@@ -33,7 +33,7 @@ def execute(
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook, timeout=timeout, kernel_name="python3", allow_errors=allow_errors, resources={"metadata": {"path": str(path.parent)}},
-        on_cell_executed=on_cell_executed,
+        on_cell_executed=on_cell_executed, shutdown_kernel="immediate",  # no exit hooks to wait for: saves a second
     )
     client.execute(env={**os.environ, **(env or {})})
     return notebook
