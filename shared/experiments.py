@@ -75,6 +75,7 @@ def train(
     batch_size: int = 512,
     lr: float = 1e-3,
     weight_decay: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
     eval_every: int = 10,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -87,7 +88,7 @@ def train(
     Seed the model's initialisation yourself (shared.training.set_seed) before you build it.
     """
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     tensors = train_set.tensors

@@ -191,11 +191,11 @@ def test_evaluate_averages_over_every_example_in_eval_mode():
 def test_train_logs_at_the_expected_steps_learns_and_is_reproducible(capsys):
     train_set, valid_set, tokenizer = tiny_problem()
 
-    def one_run():
+    def one_run(**changes):
         torch.manual_seed(3)
         model = LSTMLM(len(tokenizer), 16, 16, num_layers=1)
-        return train(model, train_set, valid_set, rhs_loss_and_accuracy, steps=45, batch_size=8, lr=1e-2, weight_decay=0.0,
-                     eval_every=20, seed=3)
+        settings = dict(steps=45, batch_size=8, lr=1e-2, weight_decay=0.0, eval_every=20, seed=3) | changes
+        return train(model, train_set, valid_set, rhs_loss_and_accuracy, **settings)
 
     history = one_run()
     printed = capsys.readouterr()
@@ -205,6 +205,8 @@ def test_train_logs_at_the_expected_steps_learns_and_is_reproducible(capsys):
     assert history.train_loss[-1] < 0.7 * history.train_loss[0] and history.seconds > 0
     again = one_run()
     assert again.train_loss == history.train_loss and again.valid_accuracy == history.valid_accuracy
+    other_betas = one_run(betas=(0.9, 0.98))  # the notebook's AdamW setting reaches the optimiser
+    assert other_betas.train_loss[0] == history.train_loss[0] and other_betas.train_loss[-1] != history.train_loss[-1]
 
 
 # shared.lstm_lm and plots ---------------------------------------------------------------------------
