@@ -20,6 +20,7 @@ interrupted run picks up where it stopped, and a rerun gives the same grades; --
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import functools
 import hashlib
@@ -451,7 +452,8 @@ def use_sandbox(output: Path) -> bool:
     (kernels / "kernel.json").write_text(json.dumps(spec, indent=1))
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(output / ".grading"), os.environ.get("JUPYTER_PATH")]))
     # Unix socket paths are short-lived and must stay under ~100 characters: a short folder in /tmp.
-    os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="grading-")
+    os.environ["JUPYTER_RUNTIME_DIR"] = runtime = tempfile.mkdtemp(prefix="grading-")
+    atexit.register(shutil.rmtree, runtime, ignore_errors=True)  # forked workers leave through os._exit: only this process
     os.environ["GRADING_KERNEL"] = "course-sandbox"
     return True
 

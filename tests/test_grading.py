@@ -240,6 +240,16 @@ def test_the_sandbox_hands_over_no_folder_outside_the_autograded_copies(tmp_path
     assert folder.stat().st_uid == owner and (folder / "keep.txt").stat().st_uid == owner
 
 
+def test_a_run_leaves_no_socket_folders_behind(tmp_path):
+    (tmp_path / "submitted").mkdir()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = subprocess.run([str(BIN / "python"), str(ROOT / "autograder/grade.py"), "--submissions", str(tmp_path / "submitted"),
+                             "--output", str(tmp_path / "output")], env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True)
+    assert result.returncode == 0 and "sandboxed" in result.stdout, result.stderr
+    assert list(scratch.iterdir()) == []
+
+
 def test_runaway_cells_are_contained(graded):
     bomb = nbformat.read(graded["first"] / "autograded/memory_bomb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
     errors = [o for c in bomb.cells if "hoard" in c.source for o in c.outputs if o.output_type == "error"]
