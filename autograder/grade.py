@@ -312,7 +312,7 @@ def preload(assignments: list[str]) -> None:
     for assignment in assignments:
         try:
             hidden_references(assignment)
-        except (OSError, RuntimeError, ValueError):  # missing or damaged: each submission reports it when scored
+        except Exception:  # missing or damaged: each submission reports it when it is scored
             pass
     feedback_converter_class()
 
@@ -494,12 +494,13 @@ def main() -> int:
     # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every submission: noise, not errors.
     warnings.filterwarnings("ignore", message=".*not in session.*")
     api = load_api()
+    assignments = sorted({assignment for assignment, _ in todo})
     pool = None
     try:
         if todo:
-            preload(sorted({assignment for assignment, _ in todo}))
+            preload(assignments)
             pool = start_workers(min(max(args.workers, 1), len(todo)))  # before any gradebook connection exists
-        for assignment in sorted({assignment for assignment, _ in todo}):
+        for assignment in assignments:
             register_assignment(api, assignment)
         register_students(api, sorted({student for _, student in pairs}))
         failures = grade(pool, todo, prints, output) if pool is not None else {}

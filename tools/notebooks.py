@@ -148,7 +148,7 @@ def run_mistakes(
     segments = {m: mistake_segment(notebook, m) for m in catalogue}
     end = max(followers[-1] for _, followers in segments.values())  # a segment always ends at a test cell
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}}, shutdown_kernel="immediate")
     client.reset_execution_trackers()
     with client.setup_kernel(env={**os.environ, **env}):
         client.wait_for_reply(client.kc.kernel_info())
