@@ -14,7 +14,7 @@ SUBMISSIONS ?= $(CURDIR)/submitted
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test lab check pdf release references grade student-bundle formgrader lock clean data
+.PHONY: help setup test lab check pdf release references grade export student-bundle formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -63,8 +63,12 @@ grade: ## Autograde SUBMISSIONS (default submitted/) in WORKERS processes (FORCE
 	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }
 	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1,$(FORCE)),--force)
 
+export: ## Write nbgrader's own export of the gradebook make grade wrote to GRADING_OUTPUT/nbgrader_export.csv
+	@test -f "$(abspath $(GRADING_OUTPUT))/gradebook.db" || { echo "No gradebook at $(abspath $(GRADING_OUTPUT))/gradebook.db: run make grade first (with the same GRADING_OUTPUT)."; exit 1; }
+	cd autograder && SUBMISSIONS="$(abspath $(SUBMISSIONS))" GRADING_OUTPUT="$(abspath $(GRADING_OUTPUT))" $(BIN)/nbgrader export --to "$(abspath $(GRADING_OUTPUT))/nbgrader_export.csv"
+
 formgrader: ## Open nbgrader's formgrader to grade written answers by hand
-	cd autograder && SUBMISSIONS="$(SUBMISSIONS)" GRADING_OUTPUT="$(GRADING_OUTPUT)" $(BIN)/jupyter lab --LabApp.default_url=/formgrader $(if $(filter 0,$(shell id -u)),--allow-root)
+	cd autograder && SUBMISSIONS="$(abspath $(SUBMISSIONS))" GRADING_OUTPUT="$(abspath $(GRADING_OUTPUT))" $(BIN)/jupyter lab --LabApp.default_url=/formgrader $(if $(filter 0,$(shell id -u)),--allow-root)
 
 student-bundle: ## Build dist/student-bundle(.tar.gz): what students clone
 	$(BIN)/python tools/student_bundle.py
@@ -75,4 +79,4 @@ lock: ## Re-record requirements.lock from the current .venv
 	  $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock
 
 clean: ## Remove grading output and build products (keeps .venv)
-	rm -rf autograded feedback dist .grading gradebook.db grades.csv grades_by_test.csv
+	rm -rf autograded feedback dist .grading gradebook.db grades.csv grades_by_test.csv nbgrader_export.csv

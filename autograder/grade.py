@@ -210,7 +210,27 @@ def apply_hidden_check_failures(assignment: str, student: str, failures: dict[st
         already_failed = any(output.get("output_type") == "error" for output in cell.get("outputs", []))
         if reason and not already_failed:  # an error in the cell already explains its 0 better
             cell.outputs.append(nbformat.v4.new_output("error", ename="HiddenCheckFailed", evalue=reason, traceback=[f"HiddenCheckFailed: {reason}"]))
-    nbformat.write(notebook, path)
+    replace_notebook(path, notebook)
+
+
+def replace_notebook(path: Path, notebook) -> None:
+    """Write `notebook` over `path` through a new file, keeping its mode.
+
+    nbgrader leaves autograded notebooks read-only (0444), which only root may open for writing; and the
+    folder is the kernel's, so whatever stands at `path` is replaced, never followed.
+    """
+    import nbformat
+
+    mode = path.lstat().st_mode & 0o777
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=".rewrite-", suffix=".ipynb")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            nbformat.write(notebook, stream)
+        os.chmod(partial, mode)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 @functools.cache

@@ -42,7 +42,7 @@ def tasks_of_this_user() -> int:
 def hide(path: Path) -> list[str]:
     """bwrap arguments that make `path` look empty (a folder) or blank (a file)."""
     if path.is_dir():
-        return ["--tmpfs", str(path)]
+        return ["--perms", "0755", "--tmpfs", str(path)]
     if path.exists():
         return ["--ro-bind", "/dev/null", str(path)]
     return []
@@ -56,9 +56,13 @@ def give_to(uid: int, writable: list[Path], connection_file: str) -> None:
     os.chown(connection_file, uid, uid)
 
 
-def passable_parents(path: Path) -> list[str]:
-    """bwrap arguments creating `path`'s parents inside an emptied folder as 0755 (bwrap makes them 0700)."""
-    inside = [parent for parent in reversed(path.parents) if any(parent.is_relative_to(folder) and parent != Path(folder) for folder in EMPTIED)]
+def passable_parents(path: Path, emptied: list[Path]) -> list[str]:
+    """bwrap arguments creating `path`'s parents inside an emptied folder as 0755 (bwrap makes them 0700).
+
+    A kernel that has dropped to its own user id could not pass through 0700 parents owned by root:
+    its outbox under a hidden <repository>/.grading/ would then not exist for it.
+    """
+    inside = [parent for parent in reversed(path.parents) if any(parent.is_relative_to(folder) and parent != folder for folder in emptied)]
     return [argument for parent in inside for argument in ("--perms", "0755", "--dir", str(parent))]
 
 
@@ -88,14 +92,16 @@ def sandbox_command(connection_file: str) -> list[str]:
     ]
     for folder in EMPTIED:
         command += ["--perms", "1777" if folder == "/tmp" else "0755", "--tmpfs", folder]
+    emptied = [Path(folder) for folder in EMPTIED]
     # Show again what the kernel needs if it lives under a hidden folder: the repository, the Python install.
     for needed in dict.fromkeys([REPOSITORY, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]):
-        command += passable_parents(needed) + ["--ro-bind", str(needed), str(needed)]
+        command += passable_parents(needed, emptied) + ["--ro-bind", str(needed), str(needed)]
     for path in secret:
         command += hide(path)
+    emptied += [path for path in secret if path.is_dir()]
     for path in writable:
-        command += passable_parents(path) + ["--bind", str(path), str(path)]
-    command += passable_parents(Path(connection_file)) + ["--ro-bind", connection_file, connection_file]
+        command += passable_parents(path, emptied) + ["--bind", str(path), str(path)]
+    command += passable_parents(Path(connection_file), emptied) + ["--ro-bind", connection_file, connection_file]
     limits = [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid)]
     # ipykernel would take the pid namespace for its parent exiting; --die-with-parent covers that instead.
     return command + ["--unsetenv", "JPY_PARENT_PID", "--setenv", "HOME", "/tmp", "--chdir", str(here), sys.executable, "-c", INSIDE, connection_file, *limits]
