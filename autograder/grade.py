@@ -37,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # isolation.py, when grade.py is imported rather than run
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 IMAGE_WITHOUT_ALT = re.compile(r"<img (?![^>]*\balt=)")
 
@@ -88,13 +89,17 @@ def first_error_line(text: str) -> str:
     return (named or lines or ["unknown error"])[-1][:300]
 
 
-def cell_notes(autograded_dir: Path) -> dict[tuple[str, str], str]:
-    """{(notebook, grade_id): reason} for graded cells whose autograded output holds an error."""
+def cell_notes(autograded_dir: Path) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str | None], str]]:
+    """({(notebook, grade_id): reason} for graded cells whose autograded output holds an error,
+    {(notebook, grade_id, or None for every row): what anomalies.py put right})."""
     import nbformat
 
-    notes = {}
+    notes, anomalies = {}, {}
     for path in sorted(autograded_dir.glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
+        for anomaly in notebook.metadata.get("course_grading", {}).get("anomalies", []):
+            key = (path.stem, anomaly["grade_id"])
+            anomalies[key] = "; ".join(filter(None, [anomalies.get(key), anomaly["note"]]))
         for cell in notebook.cells:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
             errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
@@ -102,7 +107,7 @@ def cell_notes(autograded_dir: Path) -> dict[tuple[str, str], str]:
                 error = errors[-1]
                 summary = (error.get("evalue", "").strip().splitlines() or [""])[0]
                 notes[(path.stem, grade_id)] = ANSI.sub("", f"{error.get('ename', '')}: {summary}")[:300]
-    return notes
+    return notes, anomalies
 
 
 def fingerprint(submitted: Path, assignment: str, student: str) -> str:
@@ -111,7 +116,7 @@ def fingerprint(submitted: Path, assignment: str, student: str) -> str:
     inputs = [submitted / student / assignment, HERE.parent / "solutions" / assignment]
     files = [f for folder in inputs for f in sorted(folder.rglob("*")) if f.is_file()]
     references = [HERE / "references" / f"{assignment}{suffix}" for suffix in (".pt", ".cells.json", ".mistakes.pt")]
-    grading_code = [HERE / name for name in ("grade.py", "nbgrader_config.py", "preprocessors.py", "sandbox.py")]
+    grading_code = [HERE / name for name in ("grade.py", "nbgrader_config.py", "preprocessors.py", "sandbox.py", "isolation.py", "anomalies.py")]
     files += references + grading_code + [HERE.parent / "shared" / "checks.py"]  # checks.compare scores hidden checks
     for path in files:
         if path.exists():
@@ -260,6 +265,10 @@ def feedback_converter_class():
     class FeedbackWithOneExporter(GenerateFeedback):
         exporters: dict = {}
 
+        def init_assignment(self, assignment_id: str, student_id: str) -> None:
+            """Copy no files beside the feedback page: the graded folder is the kernel's, which may have left
+            anything there (a gigabyte, a link to a file of the instructor's), and the page embeds its figures."""
+
         def start(self) -> None:
             self.init_notebooks()
             self.writer = FilesWriter(parent=self, config=self.config)
@@ -297,6 +306,8 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
     shutil.rmtree(outbox, ignore_errors=True)
     outbox.mkdir(parents=True)
     os.environ["COURSE_GRADING_OUTBOX"] = str(outbox)  # the kernel nbgrader starts inherits it
+    answers_file = Path(os.environ["GRADING_OUTPUT"]) / ".grading" / assignment / f"{student}.answers.json"
+    reviewed = reviewed_answers(assignment, student) if answers_file.exists() else set()
     result = _API.autograde(assignment, student, force=True, create=True)
     reason = ""
     if not result["success"]:
@@ -304,6 +315,7 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
     else:
         try:
             apply_hidden_check_failures(assignment, student, hidden_check_failures(assignment, outbox))
+            keep_reviewed_answers(assignment, student, reviewed, answers_file)
         except Exception as error:  # a grader bug must not stop the class: report it on this submission
             result["success"], reason = False, f"grader error while scoring hidden checks: {error!r}"
     if result["success"]:
@@ -311,6 +323,44 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
         if not feedback["success"]:
             reason = "feedback failed: " + first_error_line(feedback.get("error", ""))
     return assignment, student, reason, time.monotonic() - started
+
+
+def reviewed_answers(assignment: str, student: str) -> set[str]:
+    """grade_ids of this submission's cells that a person has scored by hand and nothing has asked to review since."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(_API.coursedir.db_url) as gradebook:
+        try:
+            notebooks = gradebook.find_submission(assignment, student).notebooks
+        except MissingEntry:
+            return set()
+        return {g.name for n in notebooks for g in n.grades if g.manual_score is not None and not g.needs_manual_grade}
+
+
+def keep_reviewed_answers(assignment: str, student: str, reviewed: set[str], answers_file: Path) -> None:
+    """Clear nbgrader's review flag on hand-scored answers whose text is the one that was scored; remember the texts.
+
+    nbgrader asks for every hand-given score to be reviewed again after any autograde; only an answer the
+    student changed since it was scored needs a person's look.
+    """
+    import nbformat
+    from nbgrader.api import Gradebook
+
+    path = Path(_API.coursedir.format_path(_API.coursedir.autograded_directory, student, assignment)) / f"{assignment}.ipynb"
+    cells = nbformat.read(path, as_version=4).cells
+    # Answers graded by hand: the student writes in the graded cell itself. (A hand-changed score of a test cell
+    # stays flagged: its locked text never changes, but what it tests may have.)
+    answers = [c for c in cells if c.metadata.get("nbgrader", {}).get("grade") and c.metadata["nbgrader"].get("solution")]
+    texts = {c.metadata["nbgrader"]["grade_id"]: hashlib.sha256(c.source.encode()).hexdigest() for c in answers}
+    scored_texts = json.loads(answers_file.read_text()) if answers_file.exists() else {}
+    unchanged = {grade_id for grade_id in reviewed if grade_id in texts and scored_texts.get(grade_id) == texts[grade_id]}
+    if unchanged:
+        with Gradebook(_API.coursedir.db_url) as gradebook:
+            for grade_id in unchanged:
+                gradebook.find_grade(grade_id, assignment, assignment, student).needs_manual_grade = False
+            gradebook.db.commit()
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    answers_file.write_text(json.dumps(texts, indent=1, sort_keys=True))
 
 
 def pending(pairs: list[tuple[str, str]], submitted: Path, output: Path, force: bool) -> tuple[list[tuple[str, str]], dict]:
@@ -422,7 +472,7 @@ def export(api, pairs, failures, output: Path) -> None:
                     for cell in notebook.grade_cells:
                         by_test.append([student, assignment, notebook.name, cell.name, 0.0, cell.max_score, f"submission not graded: {reason}"])
                 continue
-            notes = cell_notes(Path(api.coursedir.format_path(api.coursedir.autograded_directory, student, assignment)))
+            notes, anomalies = cell_notes(Path(api.coursedir.format_path(api.coursedir.autograded_directory, student, assignment)))
             totals.append([student, assignment, round(submission.score, 4), max_score])
             for notebook in submission.notebooks:
                 for grade_entry in sorted(notebook.grades, key=lambda g: cell_order(assignment, notebook.name, g.name)):
@@ -432,6 +482,9 @@ def export(api, pairs, failures, output: Path) -> None:
                         note = note or "needs manual grading"
                     elif grade_entry.needs_manual_grade:  # nbgrader keeps a manual score through a regrade, to be reviewed
                         note = note or "manual score given before regrading: review it in formgrader"
+                    # Said after the reason the cell lost points, so that reason still comes first.
+                    extra = [anomalies.get((notebook.name, grade_entry.name)), anomalies.get((notebook.name, None))]
+                    note = "; ".join(filter(None, [note, *extra]))
                     by_test.append([student, assignment, notebook.name, grade_entry.name, score, grade_entry.max_score, note])
     write_csv(output / "grades.csv", ["student_id", "assignment", "score", "max_score"], totals)
     write_csv(output / "grades_by_test.csv", ["student_id", "assignment", "notebook", "grade_id", "score", "max_score", "note"], by_test)
@@ -461,13 +514,13 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     partial.replace(path)
 
 
-def use_sandbox(output: Path) -> bool:
+def use_sandbox(output: Path, cpus_per_kernel: int) -> bool:
     """Route kernels through sandbox.py when bubblewrap is here; returns whether it is used."""
     if os.environ.get("GRADING_SANDBOX") == "0" or not shutil.which("bwrap"):
         return False
     kernels = output / ".grading" / "kernels" / "course-sandbox"
     kernels.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": [sys.executable, str(HERE / "sandbox.py"), "{connection_file}"],
+    spec = {"argv": [sys.executable, str(HERE / "sandbox.py"), "--cpus", str(cpus_per_kernel), "{connection_file}"],
             "display_name": "Python 3 (grading sandbox)", "language": "python", "interrupt_mode": "message"}
     (kernels / "kernel.json").write_text(json.dumps(spec, indent=1))
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(output / ".grading"), os.environ.get("JUPYTER_PATH")]))
@@ -476,6 +529,25 @@ def use_sandbox(output: Path) -> bool:
     atexit.register(shutil.rmtree, runtime, ignore_errors=True)  # forked workers leave through os._exit: only this process
     os.environ["GRADING_KERNEL"] = "course-sandbox"
     return True
+
+
+def isolation_in_force(sandboxed: bool, cpus_per_kernel: int) -> str:
+    """One line for the run summary: what separates a student's kernel from the grader and from classmates."""
+    import isolation
+
+    if not sandboxed:
+        return "none (no bubblewrap): kernels run as this user, with the per-cell time limit only"
+    parts = ["bubblewrap sandbox (no network, own process tree, instructor's folders hidden)"]
+    if os.geteuid() == 0:
+        parts.append("a user id per kernel")
+        groups = isolation.available()
+        memory = int(os.environ.get("GRADING_MEMORY_MB", "4096"))
+        parts.append(f"a {groups} group per kernel ({cpus_per_kernel} CPU, {memory} MiB, 256 processes in all)" if groups
+                     else "no cgroups on this machine: memory and processes limited per process")
+    else:
+        parts.append("user nobody in a user namespace; no cgroups without root: memory and processes limited per process")
+    parts.append("kernels at nice 10, every process a cell leaves running killed when it ends")
+    return "; ".join(parts)
 
 
 def main() -> int:
@@ -496,11 +568,13 @@ def main() -> int:
     # nbgrader runs tools installed beside it (alembic): find them even when the venv is not activated.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     # Share the cores between the workers' kernels: more math threads than cores would oversubscribe them.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(args.workers, 1))))
-    sandboxed = use_sandbox(output)
+    cpus_per_kernel = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpus_per_kernel))
+    sandboxed = use_sandbox(output, cpus_per_kernel)
     if not sandboxed:
         print("WARNING: bubblewrap (bwrap) is not available: students' kernels run without a sandbox, so they could"
               " read files such as autograder/references/. Install bubblewrap to grade a real class.", file=sys.stderr)
+    print(f"Isolation: {isolation_in_force(sandboxed, cpus_per_kernel)}.", flush=True)
     pairs = [pair for pair in find_submissions(submitted) if not args.assignment or pair[0] in args.assignment]
     known = {p.name for p in (HERE.parent / "solutions").iterdir() if p.is_dir()}
     unknown = sorted({assignment for assignment, _ in pairs} - known)
@@ -527,6 +601,10 @@ def main() -> int:
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    if sandboxed and os.geteuid() == 0:
+        import isolation
+
+        isolation.remove_empty()
     refreshed = refresh_feedback(api, pairs, output)
     if refreshed:
         print(f"Rewrote the feedback of {refreshed} submissions with marks given by hand since it was written.")

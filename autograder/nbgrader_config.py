@@ -7,11 +7,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from anomalies import CheckSourceMetadata, ClearSourceHiddenTests  # noqa: E402
 from preprocessors import HideHiddenTestTracebacks, ResilientExecute  # noqa: E402
+from nbgrader.converters import Autograde  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
     CheckCellMetadata,
-    ClearHiddenTests,
     GetGrades,
     IgnorePattern,
     LimitOutput,
@@ -34,12 +35,19 @@ c.CourseDirectory.feedback_directory = str(OUTPUT / "feedback")
 # Parallel graders share the gradebook: wait for SQLite's write lock rather than fail.
 c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}?timeout=120"
 
-# A cell may run this long; a timed-out cell is interrupted and the rest of the notebook still runs.
-c.Execute.timeout = int(os.environ.get("CELL_TIMEOUT", "60"))
+# A cell may use CELL_TIMEOUT seconds of CPU time (its kernel's processes together), so that a busy machine
+# costs nobody points; wall time is limited too, generously, for code that sleeps or waits. A cell past
+# either limit is interrupted and the rest of the notebook still runs. The whole notebook has a budget.
+CELL_TIMEOUT = int(os.environ.get("CELL_TIMEOUT", "60"))
+c.ResilientExecute.cpu_time_limit = CELL_TIMEOUT
+c.ResilientExecute.wall_time_limit = 5 * CELL_TIMEOUT  # not counting waits for a busy CPU
+c.ResilientExecute.notebook_time_limit = int(os.environ.get("NOTEBOOK_TIMEOUT", "1800"))
+c.Execute.timeout = 20 * CELL_TIMEOUT  # nbclient's own wall clock: only a backstop
 c.Execute.interrupt_on_timeout = True
-# nbgrader fails a whole submission when a cell's output arrives later than this after its reply;
-# on a busy machine the default 4 s is too short.
-c.Execute.iopub_timeout = 30
+# nbgrader fails a whole submission when a cell's output arrives later than this after its reply, or
+# when a kernel takes longer than startup_timeout to start: a busy machine must not trip either.
+c.Execute.iopub_timeout = 120
+c.Execute.startup_timeout = 600
 c.LimitOutput.max_lines = 1000
 
 # grade.py sets GRADING_KERNEL when students' kernels run in the bubblewrap sandbox (sandbox.py).
@@ -63,11 +71,15 @@ c.Autograde.autograde_preprocessors = [
     AssignLatePenalties,
     CheckCellMetadata,
 ]
+# Copied test cells, forged or edited nbgrader metadata are put right (and noted) before nbgrader's own
+# sanitizing sees them, which would fail the whole submission (see anomalies.py).
+c.Autograde.sanitize_preprocessors = [CheckSourceMetadata, *Autograde.sanitize_preprocessors.default()]
 # A deleted or stripped test cell comes back from the source and is graded, not skipped.
 c.OverwriteCells.add_missing_cells = True
 # Warnings printed to stderr by libraries must not zero a test cell.
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r".*(UserWarning|DeprecationWarning|FutureWarning).*"
 
-# Feedback shows students their results, never the hidden test code (not even in tracebacks).
-c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTestTracebacks, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+# Feedback shows students their results, never the hidden test code (not even in tracebacks); a student's
+# own cell that quotes the hidden-test markers is shown as written (anomalies.py).
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTestTracebacks, ClearSourceHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -6,20 +6,39 @@ error output (so its test, if any, scores 0 and the feedback says why), a fresh 
 the cells above it, and grading carries on with the cells below. A cell that runs past its time
 limit is interrupted; if the kernel still does not answer (the code ignores interrupts), it is
 treated the same way, so the cells below do not all time out behind it. Processes a cell leaves
-running (a fork bomb's copies of the kernel) are stopped when the cell ends.
+running (a fork bomb's copies of the kernel, spinners detached with setsid) are stopped when the cell ends.
+
+Time limits measure the student's code, not the machine. A cell may use `cpu_time_limit` seconds of CPU
+time (its kernel's processes together) and `wall_time_limit` seconds of wall time not counting the time
+its kernel waited for a CPU that other work held; the notebook as a whole gets `notebook_time_limit`
+seconds, counted the same way. So a busy machine, which makes `import torch` slow, costs nobody points.
+A given cell (course code, such as the setup cell) that is cut off anyway runs once more in a fresh kernel.
 """
 
+import asyncio
 import copy
+import os
+import shutil
 import signal
+import time
+from pathlib import Path
 
 import psutil
+from traitlets import Float
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from nbclient.util import run_sync
+from nbclient.util import ensure_async, run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
-MAX_OUTPUT_CHARACTERS = 100_000
+MAX_OUTPUT_CHARACTERS = 100_000  # printed text, an error's traceback, a text/html/json display
+MAX_IMAGE_CHARACTERS = 2_000_000  # an image (base64): a large matplotlib figure is ~200 kB
+MAX_OUTPUTS_PER_CELL = 100
+MAX_NOTEBOOK_OUTPUT_CHARACTERS = 20_000_000
+CPU_POLL_SECONDS = 0.5
+# What a kernel may add to its folders on disk (its working folder and its hidden-check outbox) in one cell.
+WRITE_QUOTA_BYTES = 512 * 2**20
+WRITE_QUOTA_ENTRIES = 10_000
 KERNEL_DIED = (
     "The kernel stopped while running this cell (it crashed, ran out of memory, or exited). "
     "The cells below were run in a fresh kernel."
@@ -30,24 +49,145 @@ KERNEL_STUCK = (
 )
 # How long an interrupted kernel may take to become idle before it is replaced.
 INTERRUPT_GRACE_SECONDS = 5
+FLOOD_NOTE = "\n... [more outputs cut: this cell printed or displayed too much]\n"
 
 
-def limit_output_size(cell) -> None:
-    """Cut printed text longer than MAX_OUTPUT_CHARACTERS (nbgrader's LimitOutput counts lines, not characters)."""
-    for output in cell.get("outputs", []):
-        text = output.get("text", "")
-        if output.get("output_type") == "stream" and len(text) > MAX_OUTPUT_CHARACTERS:
-            output["text"] = text[:MAX_OUTPUT_CHARACTERS] + f"\n... [output cut: {len(text):,} characters in all]\n"
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n... [output cut: {len(text):,} characters in all]\n"
+
+
+def _as_text(value) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def output_size(output) -> int:
+    """Characters an output adds to the notebook (text, display data, traceback)."""
+    size = len(_as_text(output.get("text", ""))) + len(str(output.get("evalue", "")))
+    size += sum(len(_as_text(line)) for line in output.get("traceback", []))
+    return size + sum(len(_as_text(value)) for value in output.get("data", {}).values())
+
+
+def cap_output(output) -> None:
+    """Cut one output to the limits above, whatever its type (nbgrader's LimitOutput counts lines, and only of text)."""
+    if "text" in output:
+        output["text"] = _cut(_as_text(output["text"]), MAX_OUTPUT_CHARACTERS)
+    if "evalue" in output:
+        output["evalue"] = _cut(str(output["evalue"]), MAX_OUTPUT_CHARACTERS)
+    if "traceback" in output:
+        traceback = "\n".join(_as_text(line) for line in output["traceback"])
+        if len(traceback) > MAX_OUTPUT_CHARACTERS:
+            output["traceback"] = [_cut(traceback, MAX_OUTPUT_CHARACTERS)]
+    data = output.get("data", {})
+    for mimetype in list(data):
+        value = _as_text(data[mimetype])
+        if mimetype.startswith("image/") and len(value) > MAX_IMAGE_CHARACTERS:
+            del data[mimetype]
+            data["text/plain"] = f"[an image of {len(value):,} characters was cut]"
+        elif not mimetype.startswith("image/") and len(value) > MAX_OUTPUT_CHARACTERS:
+            data[mimetype] = _cut(value, MAX_OUTPUT_CHARACTERS)
+
+
+def limit_output_size(cell, printed: dict[str, int] | None = None) -> None:
+    """Cut every output of `cell` to the limits, and keep at most MAX_OUTPUTS_PER_CELL of them.
+
+    `printed` gives the characters a stream (stdout, stderr) received in all, where more arrived than was kept.
+    """
+    outputs = cell.get("outputs", [])
+    for output in outputs:
+        total = (printed or {}).get(output.get("name", ""), 0) if output.get("output_type") == "stream" else 0
+        if total > MAX_OUTPUT_CHARACTERS:
+            output["text"] = _as_text(output["text"])[:MAX_OUTPUT_CHARACTERS] + f"\n... [output cut: {total:,} characters in all]\n"
+        cap_output(output)
+    if len(outputs) > MAX_OUTPUTS_PER_CELL:
+        # Errors and a first stderr line decide the cell's score (nbgrader zeroes a cell with either): always kept.
+        rest = outputs[MAX_OUTPUTS_PER_CELL - 1:]
+        stderr = [o for o in rest if o.get("output_type") == "stream" and o.get("name") == "stderr"][:1]
+        kept = outputs[: MAX_OUTPUTS_PER_CELL - 1] + [o for o in rest if o.get("output_type") == "error" or o in stderr]
+        note = NotebookNode(output_type="stream", name="stdout", text=f"\n... [{len(outputs) - len(kept):,} more outputs cut]\n")
+        cell.outputs = kept + [note]
+
+
+KERNEL_OVER_QUOTA = "This cell wrote more than {mb} MB or {entries:,} files (its limit), and was interrupted; what it wrote was removed."
+KERNEL_OVER_CPU = "This cell used more than {limit:g} s of CPU time (its limit), and was interrupted."
+KERNEL_OVER_WALL = "This cell ran for more than {limit:g} s (its limit, not counting waits for a busy machine), and was interrupted."
+OVER_BUDGET = "The notebook ran past its time budget of {limit:g} s, so this cell was not run."
+
+
+def folder_entries(folder: Path, limit: int) -> dict[str, int]:
+    """{relative path: size} of what is in `folder`, links not followed; stops after `limit` entries."""
+    found: dict[str, int] = {}
+    pending = [folder]
+    while pending and len(found) <= limit:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            found[os.path.relpath(entry.path, folder)] = info.st_size
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+    return found
+
+
+def remove_new_entries(folder: Path, before: dict[str, int]) -> None:
+    """Delete what appeared in `folder` since `before` was taken; a link is removed, never followed."""
+    for name in sorted(set(folder_entries(folder, 10 * WRITE_QUOTA_ENTRIES)) - set(before), key=len):
+        path = folder / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # fd-based on Linux: safe against links swapped in while it runs
+            else:
+                path.unlink()
+        except FileNotFoundError:  # inside a folder removed just before
+            continue
+
+
+def is_given(cell) -> bool:
+    """A course cell students do not edit (setup, explanations' code): locked, neither an answer nor a test."""
+    info = cell.metadata.get("nbgrader", {})
+    return bool(info.get("locked")) and not info.get("solution") and not info.get("grade")
 
 
 class ResilientExecute(Execute):
     """Execute that restarts a dead kernel, replays earlier cells, goes on, and caps each cell's output."""
 
+    cpu_time_limit = Float(60.0, help="CPU seconds a cell may use, all the kernel's processes together").tag(config=True)
+    wall_time_limit = Float(300.0, help="Seconds a cell may run, not counting its kernel's waits for a busy CPU").tag(config=True)
+    notebook_time_limit = Float(1800.0, help="Seconds for the whole notebook, replays included, counted as wall_time_limit").tag(config=True)
+
     def preprocess(self, nb, resources=None, km=None):
         self._fatal_cells: set[int] = set()
-        self._timed_out = False
+        self._timed_out, self._over_limit = False, ""
         self._configured_iopub_timeout = self.iopub_timeout
+        self._kernel: psutil.Process | None = None
+        self._retrying = False
+        self._notebook_seconds = 0.0
+        self._notebook_output_characters, self._printed = 0, {}
+        # The folders the sandbox lets the kernel write to on disk (sandbox.py), held to a quota per cell.
+        folders = [(resources or {}).get("metadata", {}).get("path"), os.environ.get("COURSE_GRADING_OUTBOX")]
+        self._writable = [Path(folder) for folder in folders if folder]
         return super().preprocess(nb, resources, km)
+
+    def _remove_writes_over_quota(self) -> bool:
+        """If the cell wrote more than its quota, delete what it added to the kernel's folders; returns whether it did."""
+        if not (self._over_quota or self._written_since(self._folders_before)):
+            return False
+        for folder, before in self._folders_before.items():
+            remove_new_entries(folder, before)
+        return True
+
+    def _written_since(self, before: dict[Path, dict[str, int]]) -> bool:
+        """Whether the kernel's folders grew past the write quota since `before`."""
+        added, entries = 0, 0
+        for folder, then in before.items():
+            now = folder_entries(folder, WRITE_QUOTA_ENTRIES)
+            entries += len(now) - len(then)
+            added += sum(size - then.get(name, 0) for name, size in now.items())
+        return added > WRITE_QUOTA_BYTES or entries > WRITE_QUOTA_ENTRIES
 
     async def _async_handle_timeout(self, timeout, cell=None):
         # nbclient interrupts the kernel, then waits iopub_timeout for it to report itself idle:
@@ -56,9 +196,77 @@ class ResilientExecute(Execute):
         self.iopub_timeout = INTERRUPT_GRACE_SECONDS
         return await super()._async_handle_timeout(timeout, cell)
 
+    async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
+        """nbclient's wait for the cell's reply (wall-time limit), raced against the CPU-time limit."""
+        reply = asyncio.ensure_future(super()._async_poll_for_reply(msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive))
+        watch = asyncio.ensure_future(self._watch_cpu_time(reply, cell))
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            if not self._over_limit or not reply.cancelled() or asyncio.current_task().cancelling():
+                raise  # nbclient's own cancellation: the kernel died
+            task_poll_kernel_alive.cancel()
+            raise CellTimeoutError.error_from_timeout_and_cell("Cell past its time limit ignored the interrupt", self.cpu_time_limit, cell)
+        finally:
+            watch.cancel()
+
+    async def _watch_cpu_time(self, reply: asyncio.Future, cell) -> None:
+        """Interrupt the cell once it is past its CPU or wall-time limit; stop waiting for it if it will not stop."""
+        cpu_start, clock_start, wait_start = self._cpu_seconds(), time.monotonic(), self._kernel_wait_seconds()
+        try:
+            while True:
+                await asyncio.sleep(CPU_POLL_SECONDS)
+                if self._written_since(self._folders_before):
+                    self._over_limit = self._over_quota = KERNEL_OVER_QUOTA.format(mb=WRITE_QUOTA_BYTES // 2**20, entries=WRITE_QUOTA_ENTRIES)
+                    break
+                cpu = self._cpu_seconds() - cpu_start
+                active = time.monotonic() - clock_start - (self._kernel_wait_seconds() - wait_start)
+                self._cell_seconds = active
+                if self.cpu_time_limit > 0 and cpu > self.cpu_time_limit and not self._retrying:  # course code: its own time
+                    self._over_limit = KERNEL_OVER_CPU.format(limit=self.cpu_time_limit)
+                    break
+                if self.wall_time_limit > 0 and active > self.wall_time_limit:
+                    self._over_limit = KERNEL_OVER_WALL.format(limit=self.wall_time_limit)
+                    break
+        finally:
+            self._notebook_seconds += getattr(self, "_cell_seconds", 0.0)
+            self._cell_seconds = 0.0
+        self.log.warning("Cell past its time limit (%s); interrupting", self._over_limit)
+        self._timed_out = True
+        self._stop_strays()  # what it started would otherwise keep the CPU from the kernel's interrupt handler
+        await ensure_async(self.km.interrupt_kernel())
+        await asyncio.sleep(INTERRUPT_GRACE_SECONDS)
+        if not reply.done():
+            reply.cancel()
+
+    def _kernel_wait_seconds(self) -> float:
+        """Seconds the kernel's main thread has spent ready to run but waiting for a CPU (Linux schedstat; else 0)."""
+        kernel = self._kernel_process()
+        try:
+            return int(open(f"/proc/{kernel.pid}/schedstat").read().split()[1]) / 1e9
+        except (AttributeError, OSError, ValueError, IndexError):
+            return 0.0
+
+    def _cpu_seconds(self) -> float:
+        """CPU time used so far by the kernel's processes, and by those of them that have ended."""
+        total = 0.0
+        for process in self._sandbox_processes():
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+            except psutil.Error:
+                continue
+        return total
+
     def preprocess_cell(self, cell, resources, index):
-        self._timed_out = False
+        self._timed_out, self._over_limit, self._over_quota, self._printed = False, "", "", {}
         self.iopub_timeout = self._configured_iopub_timeout
+        if cell.cell_type != "code" or not cell.source.strip():
+            return cell, resources  # nothing runs: no kernel to watch, no processes to stop
+        self._folders_before = {folder: folder_entries(folder, WRITE_QUOTA_ENTRIES) for folder in self._writable}
+        if self.notebook_time_limit > 0 and self._notebook_seconds > self.notebook_time_limit:
+            cell.outputs = [self._error("SubmissionTimeLimit", OVER_BUDGET.format(limit=self.notebook_time_limit))]
+            return cell, resources
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
@@ -68,44 +276,124 @@ class ResilientExecute(Execute):
             if not self._timed_out:
                 raise
             self.log.warning("Kernel stuck after interrupting cell %d; restarting and replaying earlier cells", index)
-            return self._replace_kernel(cell, index, "CellTimeoutError", KERNEL_STUCK), self.resources
+            stuck = f"{self._over_limit} It did not stop, so the cells below were run in a fresh kernel." if self._over_limit else KERNEL_STUCK
+            return self._replace_kernel(cell, index, "CellTimeoutError", stuck), self.resources
         self._stop_strays()
-        limit_output_size(cell)
+        if self._remove_writes_over_quota():
+            self._over_limit = KERNEL_OVER_QUOTA.format(mb=WRITE_QUOTA_BYTES // 2**20, entries=WRITE_QUOTA_ENTRIES)
+        if self._over_limit:  # the interrupt's KeyboardInterrupt says less than why it came
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [self._error("CellTimeoutError", self._over_limit)]
+        if self._timed_out and is_given(cell) and not self._retrying:
+            return self._retry_given_cell(cell, resources, index)
+        limit_output_size(cell, self._printed)
         return cell, resources
+
+    def _retry_given_cell(self, cell, resources, index):
+        """Run a course cell that was cut off once more, in a fresh kernel that has run the cells above it, with no CPU limit."""
+        self.log.warning("Given cell %d was cut off; running it once more in a fresh kernel", index)
+        self._restart_and_replay(index)
+        self._retrying = True
+        try:
+            return self.preprocess_cell(cell, resources, index)
+        finally:
+            self._retrying = False
+
+    @staticmethod
+    def _error(name: str, message: str) -> NotebookNode:
+        return NotebookNode(output_type="error", ename=name, evalue=message, traceback=[f"{name}: {message}"])
+
+    def output(self, outs, msg, display_id, cell_index):
+        """nbclient's handling of one output, with each output cut to size as it arrives, so a flood never fills memory."""
+        out = super().output(outs, msg, display_id, cell_index)
+        if out is None or not outs or outs[-1] is not out:
+            return out
+        stream = out.get("name", "") if out.get("output_type") == "stream" else ""
+        already_printed = self._printed.get(stream, 0)
+        if stream:
+            self._printed[stream] = already_printed + len(_as_text(out.get("text", "")))
+        cap_output(out)
+        self._notebook_output_characters += output_size(out)
+        decides_score = out.get("output_type") == "error" or (stream == "stderr" and not already_printed)
+        flooded = (len(outs) > 2 * MAX_OUTPUTS_PER_CELL or self._notebook_output_characters > MAX_NOTEBOOK_OUTPUT_CHARACTERS
+                   or already_printed > MAX_OUTPUT_CHARACTERS)
+        if flooded and not decides_score and not display_id:
+            outs.pop()
+            if not stream and (not outs or outs[-1].get("text") != FLOOD_NOTE):  # a stream's cut is noted at its end
+                outs.append(NotebookNode(output_type="stream", name="stdout", text=FLOOD_NOTE))
+        return out
 
     def _replace_kernel(self, cell, index: int, name: str, message: str):
         """Give `cell` the error `name`, then continue in a fresh kernel that has run the cells above it."""
-        self._fatal_cells.add(index)
         self.iopub_timeout = self._configured_iopub_timeout
-        cell.outputs = [NotebookNode(output_type="error", ename=name, evalue=message, traceback=[f"{name}: {message}"])]
+        self._stop_strays()
+        if self._remove_writes_over_quota():
+            message = KERNEL_OVER_QUOTA.format(mb=WRITE_QUOTA_BYTES // 2**20, entries=WRITE_QUOTA_ENTRIES)
+        cell.outputs = [self._error(name, message)]
+        if is_given(cell) and not self._retrying:
+            return self._retry_given_cell(cell, self.resources, index)[0]
+        self._fatal_cells.add(index)
         self._restart_and_replay(index)
         return cell
 
-    def _stop_strays(self) -> None:
-        """Kill the processes the kernel has started and left running (it needs none between cells)."""
+    def _kernel_process(self) -> psutil.Process | None:
+        """The kernel's own process: the oldest ipykernel under the launcher (what a cell starts is younger)."""
+        if self._kernel is not None and self._kernel.is_running():
+            return self._kernel
         try:
             launcher = psutil.Process(self.km.provisioner.process.pid)
-            tree = launcher.children(recursive=True)
+            tree = [launcher, *launcher.children(recursive=True)]
         except (AttributeError, psutil.Error):
-            return
-        kernels = [p for p in tree if _is_kernel(p) and not _is_kernel(_parent(p))]
+            return None
+        kernels = [p for p in tree if _is_kernel(p)]
+        self._kernel = min(kernels, key=_created, default=None)
+        return self._kernel
+
+    def _sandbox_processes(self) -> list[psutil.Process]:
+        """Every process of the kernel's sandbox (its pid namespace), or of its process tree when it has none.
+
+        A namespace holds what the kernel's tree loses: processes detached with setsid or a double fork,
+        which the namespace's first process (bwrap's init) adopts and, once they end, reaps.
+        """
+        kernel = self._kernel_process()
+        if kernel is None:
+            return []
+        namespace = _pid_namespace(kernel.pid)
+        if namespace is None or namespace == _pid_namespace(os.getpid()):
+            return [kernel, *_children(kernel)]
+        return _processes_in(namespace)
+
+    def _strays(self) -> list[psutil.Process]:
+        """The sandbox's processes but the kernel and the init that holds the namespace."""
+        kernel = self._kernel_process()
+        if kernel is None:
+            return []
+        keep = {kernel.pid} | {parent.pid for parent in _parents(kernel)}
+        return [process for process in self._sandbox_processes() if process.pid not in keep and not _is_zombie(process)]
+
+    def _stop_strays(self) -> None:
+        """Kill every process the kernel has started and left running (it needs none between cells)."""
         stopped: dict[int, psutil.Process] = {}
         for _ in range(100):  # stop them first: a fork bomb forks again as fast as its copies are killed
-            new = [child for kernel in kernels for child in _children(kernel) if child.pid not in stopped]
+            new = [process for process in self._strays() if process.pid not in stopped]
             if not new:
                 break
-            for child in new:
-                _signal(child, signal.SIGSTOP)
-                stopped[child.pid] = child
-        for child in stopped.values():
-            _signal(child, signal.SIGKILL)
-        psutil.wait_procs(list(stopped.values()), timeout=2)
+            for process in new:
+                _signal(process, signal.SIGSTOP)
+                stopped[process.pid] = process
+        for process in stopped.values():
+            _signal(process, signal.SIGKILL)
+        # Gone, or a zombie: the kernel never collects the children it forked, and a zombie holds nothing but its pid.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not all(_is_zombie(process) for process in stopped.values()):
+            time.sleep(0.02)
 
     def _restart(self) -> None:
+        self._stop_strays()
         if self.kc is not None:
             self.kc.stop_channels()
             self.kc = None
         run_sync(self.km.restart_kernel)(now=True)
+        self._kernel = None
         self.start_new_kernel_client()
 
     def _restart_and_replay(self, upto: int) -> None:
@@ -132,11 +420,45 @@ def _is_kernel(process) -> bool:
         return False
 
 
-def _parent(process):
+def _is_zombie(process) -> bool:
+    """Ended, and only waiting for its parent (the kernel, which never asks) to collect its exit status."""
     try:
-        return process.parent()
+        return process.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
+        return True
+
+
+def _created(process) -> float:
+    try:
+        return process.create_time()
+    except psutil.Error:
+        return float("inf")
+
+
+def _parents(process) -> list:
+    try:
+        return process.parents()
+    except psutil.Error:
+        return []
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
         return None
+
+
+def _processes_in(namespace: str) -> list:
+    """The processes whose pid namespace is `namespace` (read from /proc; Linux only)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _pid_namespace(int(entry.name)) == namespace:
+            try:
+                found.append(psutil.Process(int(entry.name)))
+            except psutil.Error:
+                continue
+    return found
 
 
 def _signal(process, number: int) -> None:

@@ -1,6 +1,6 @@
 """Start a student's IPython kernel in a sandbox; `make grade` uses it through a kernelspec on Linux.
 
-Usage (by jupyter_client): python sandbox.py <connection file>
+Usage (by jupyter_client): python sandbox.py [--cpus N] <connection file>
 
 With bubblewrap (`bwrap`), the kernel runs with no capabilities, no network and its own process
 tree. Its user: when grading runs as root, a user id of the kernel's own (FIRST_UID + the launcher's
@@ -10,13 +10,21 @@ The instructor's folders (autograder/ with the hidden references, solutions/, .g
 submissions, and the grading output (gradebook, other students' graded notebooks) are replaced by
 empty folders, except this submission's own folder and its hidden-check outbox. Limits: address
 space ($GRADING_MEMORY_MB, default 4096), processes (256; as a normal user, 256 more than that
-user already runs), and file size (256 MB).
+user already runs), file size (256 MB), and 512 MB in each emptied folder; preprocessors.py holds
+what the kernel adds to its folders on disk (its working folder and outbox) to a quota per cell.
+When grading as root on a machine with cgroups, the kernel as a whole (every process it starts,
+detached or not) also gets one group (isolation.py): a CPU quota of --cpus cores, the memory limit
+for all its processes together, and the process limit. Kernels run at a lower CPU priority (nice 10)
+than the grader.
 """
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
+
+import isolation
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 MEMORY_BYTES = int(os.environ.get("GRADING_MEMORY_MB", "4096")) * 2**20
@@ -24,6 +32,7 @@ EXTRA_PROCESSES = 256
 EMPTIED = ("/tmp", "/root", "/home")  # shown empty inside the sandbox
 FIRST_UID = 200_000  # ids no account uses; a kernel takes FIRST_UID + its launcher's pid
 FILE_BYTES = 256 * 2**20
+SCRATCH_BYTES = 512 * 2**20  # each of the emptied folders (/tmp, /root, /home) holds at most this much
 
 
 def tasks_of_this_user() -> int:
@@ -66,7 +75,7 @@ def passable_parents(path: Path, emptied: list[Path]) -> list[str]:
     return [argument for parent in inside for argument in ("--perms", "0755", "--dir", str(parent))]
 
 
-def sandbox_command(connection_file: str) -> list[str]:
+def sandbox_command(connection_file: str, cpus: float) -> list[str]:
     """The bwrap command line that runs this script's inner stage for `connection_file`."""
     here, output = Path.cwd(), Path(os.environ["GRADING_OUTPUT"]).resolve()
     if not here.is_relative_to(output / "autograded"):  # the folder is handed to the kernel's user: never anything else
@@ -82,6 +91,8 @@ def sandbox_command(connection_file: str) -> list[str]:
         # Root sets the sandbox up, and its inner stage drops to a user id of this kernel's own.
         uid, tasks = FIRST_UID + os.getpid(), 0
         give_to(uid, writable, connection_file)
+        # The whole kernel, with whatever it starts or detaches, shares one CPU quota, memory limit and process count.
+        isolation.enter(f"kernel-{os.getpid()}", isolation.Limits(cpus, MEMORY_BYTES, EXTRA_PROCESSES))
         identity = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         uid, tasks = 0, tasks_of_this_user()
@@ -90,8 +101,8 @@ def sandbox_command(connection_file: str) -> list[str]:
         "bwrap", *identity, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
         "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
     ]
-    for folder in EMPTIED:
-        command += ["--perms", "1777" if folder == "/tmp" else "0755", "--tmpfs", folder]
+    for folder in EMPTIED:  # in memory, and of a bounded size: what a kernel writes there is not on the disk
+        command += ["--perms", "1777" if folder == "/tmp" else "0755", "--size", str(SCRATCH_BYTES), "--tmpfs", folder]
     emptied = [Path(folder) for folder in EMPTIED]
     # Show again what the kernel needs if it lives under a hidden folder: the repository, the Python install.
     for needed in dict.fromkeys([REPOSITORY, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]):
@@ -111,10 +122,17 @@ def sandbox_command(connection_file: str) -> list[str]:
 # argv: connection file, the limits on address space, processes and file size, and the user id to take (0: keep).
 INSIDE = """
 import os, resource, sys
+KERNEL_NICENESS = 10
 connection_file, memory, processes, file_size, uid = sys.argv[1], *map(int, sys.argv[2:6])
 limits = [(resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, processes), (resource.RLIMIT_FSIZE, file_size), (resource.RLIMIT_CORE, 0)]
 for limit, value in limits:
     resource.setrlimit(limit, (value, value))
+os.nice(KERNEL_NICENESS)  # the grader's own processes come first
+try:  # the kernel leads a session of its own, so the scheduler also weighs its session group: lower that too
+    with open("/proc/self/autogroup", "w") as autogroup:
+        autogroup.write(str(KERNEL_NICENESS))
+except OSError:
+    pass
 quiet = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner when no frontend is its parent
 os.dup2(quiet, 1)
 if uid:
@@ -126,5 +144,9 @@ os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", conn
 
 
 if __name__ == "__main__":
-    command = sandbox_command(sys.argv[1])
+    parser = argparse.ArgumentParser(description="Start a graded IPython kernel in a sandbox.")
+    parser.add_argument("connection_file")
+    parser.add_argument("--cpus", type=float, default=1.0, help="the CPU quota of the kernel as a whole, in cores (with cgroups)")
+    arguments = parser.parse_args()
+    command = sandbox_command(arguments.connection_file, arguments.cpus)
     os.execvp(command[0], command)

@@ -311,12 +311,26 @@ def test_rerunning_grade_rewrites_the_feedback_with_the_manual_score_and_comment
     assert not re.search("check_hidden|BEGIN HIDDEN", feedback)
 
 
-def test_a_forced_regrade_keeps_the_manual_score_and_flags_it_for_review(regraded):
+@pytest.fixture(scope="module")
+def answer_changed(course, regraded) -> dict:
+    """The student hands in a new written answer after it was graded by hand; make grade regrades the changed submission."""
+    submit(course.submitted, STUDENT, ASSIGNMENT, solved(ASSIGNMENT, {WRITTEN: ANSWER + " The softmax runs over the keys."}))
+    return {"run": grade_class(course), "gradebook": stored_marks(course)}
+
+
+def test_a_forced_regrade_keeps_the_manual_score_of_an_unchanged_answer_as_reviewed(regraded):
     assert f"[1/1] {ASSIGNMENT} / {STUDENT}: ok" in regraded["run"]["stdout"]
     assert float(rows(regraded["run"]["grades.csv"])[0]["score"]) == AUTOGRADED + MANUAL_SCORE
     row = written_row(regraded["run"]["grades_by_test.csv"])
-    assert (row["score"], row["note"]) == (str(MANUAL_SCORE), "manual score given before regrading: review it in formgrader")
-    # nbgrader keeps a manual score through autograding, and asks a person to look at it again.
-    assert regraded["gradebook"] == {"manual_score": MANUAL_SCORE, "needs_manual_grade": True, "comment": COMMENT,
+    assert (row["score"], row["note"]) == (str(MANUAL_SCORE), "")
+    # nbgrader would ask for the score to be reviewed again; the answer is the one that was scored, so it is not.
+    assert regraded["gradebook"] == {"manual_score": MANUAL_SCORE, "needs_manual_grade": False, "comment": COMMENT,
                                      "total": AUTOGRADED + MANUAL_SCORE}
     assert f"Score: {MANUAL_SCORE} / {WRITTEN_POINTS}" in regraded["feedback"] and COMMENT in regraded["feedback"]
+
+
+def test_a_changed_answer_keeps_its_manual_score_and_is_flagged_for_review(answer_changed):
+    assert f"[1/1] {ASSIGNMENT} / {STUDENT}: ok" in answer_changed["run"]["stdout"]
+    row = written_row(answer_changed["run"]["grades_by_test.csv"])
+    assert (row["score"], row["note"]) == (str(MANUAL_SCORE), "manual score given before regrading: review it in formgrader")
+    assert answer_changed["gradebook"]["needs_manual_grade"] is True and answer_changed["gradebook"]["manual_score"] == MANUAL_SCORE

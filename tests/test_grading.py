@@ -256,12 +256,13 @@ def test_runaway_cells_are_contained(graded):
     assert errors and "alloc" in errors[0]["evalue"].lower()
     stuck = nbformat.read(graded["first"] / "autograded/ignores_interrupts" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
     errors = [o for c in stuck.cells if "SIG_IGN" in c.source for o in c.outputs if o.output_type == "error"]
-    assert errors and "did not stop when interrupted" in errors[0]["evalue"]
+    assert errors and "did not stop" in errors[0]["evalue"]
     bomb = nbformat.read(graded["first"] / "autograded/fork_bomb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
     errors = [o for c in bomb.cells if "os.fork()" in c.source for o in c.outputs if o.output_type == "error"]
     # The process limit stops it (BlockingIOError); on a busy machine its copies may keep the kernel
-    # past the time limit, and the kernel is replaced instead. Either way the rest is graded (FULL).
-    assert errors and errors[0]["ename"] in {"BlockingIOError", "CellTimeoutError"}
+    # past the time limit, and the kernel is replaced instead; where the kernel has a memory limit as a
+    # whole (a cgroup), its copies can use it up and the kernel is killed. Either way the rest is graded (FULL).
+    assert errors and errors[0]["ename"] in {"BlockingIOError", "CellTimeoutError", "KernelDied"}
     assert cell_rows(graded["first"], "reordered")["test_rnn_step"]["note"].startswith("NameError")
     flood = graded["first"] / "autograded/prints_100_mb" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     assert flood.stat().st_size < 2_000_000 and "output cut: 100,000,001 characters" in flood.read_text()
