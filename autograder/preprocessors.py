@@ -94,10 +94,10 @@ def limit_output_size(cell, printed: dict[str, int] | None = None) -> None:
     """
     outputs = cell.get("outputs", [])
     for output in outputs:
-        total = (printed or {}).get(output.get("name", ""), 0) if output.get("output_type") == "stream" else 0
-        if total > MAX_OUTPUT_CHARACTERS:
-            output["text"] = _as_text(output["text"])[:MAX_OUTPUT_CHARACTERS] + f"\n... [output cut: {total:,} characters in all]\n"
         cap_output(output)
+        total = (printed or {}).get(output.get("name", ""), 0) if output.get("output_type") == "stream" else 0
+        if total > MAX_OUTPUT_CHARACTERS:  # the cut above counted only what was kept
+            output["text"] = _as_text(output["text"])[:MAX_OUTPUT_CHARACTERS] + f"\n... [output cut: {total:,} characters in all]\n"
     if len(outputs) > MAX_OUTPUTS_PER_CELL:
         # Errors and a first stderr line decide the cell's score (nbgrader zeroes a cell with either): always kept.
         rest = outputs[MAX_OUTPUTS_PER_CELL - 1:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -66,3 +67,9 @@ def named(assignment: str, mistake_id: str) -> str:
 
     title = next(m.title for m in mistakes(assignment) if m.id == mistake_id)
     return f"the output matches a known mistake: {title}."
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV the grader wrote (grades.csv, grades_by_test.csv), as dicts."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -1,6 +1,5 @@
 """`make grade` end to end with real nbgrader: exact grades for good, wrong and broken submissions."""
 
-import csv
 import os
 import re
 import signal
@@ -11,7 +10,7 @@ import pytest
 
 from conftest import BIN, ROOT, make
 from notebooks import mistakes, with_mistake
-from submissions import insert_code_cell, release_notebook, solution_sources, solved, submit
+from submissions import insert_code_cell, read_csv, release_notebook, solution_sources, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
 SECOND_ASSIGNMENT = "01_lstm_by_hand"
@@ -108,11 +107,6 @@ CLASS = {
     "reordered": lambda: with_test_cell_first("test_rnn_step"),
     "known_mistake": lambda: solved(ASSIGNMENT, {"rnn_step": with_mistake_made("rnn_without_bias")}),
 }
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")

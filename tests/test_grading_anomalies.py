@@ -2,13 +2,12 @@
 hidden-test markers in a student's own text. Each is graded on its real work and the oddity is noted."""
 
 import copy
-import csv
 
 import nbformat
 import pytest
 
 from conftest import make
-from submissions import release_notebook, solved, submit
+from submissions import read_csv, release_notebook, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
 FULL = 30.0
@@ -65,11 +64,6 @@ CLASS = {
     "begins_hidden": lambda: with_written_text(BEGIN_ONLY),
     "forged_blank": lambda: with_forged_cell(release_notebook(ASSIGNMENT), "my_bonus"),
 }
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")

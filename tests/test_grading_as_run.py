@@ -8,7 +8,6 @@ put the submissions, the gradebook, the CSVs and the feedback inside that copy, 
 
 from __future__ import annotations
 
-import csv
 import os
 import pwd
 import shutil
@@ -22,7 +21,7 @@ import pytest
 
 from conftest import ROOT
 from notebooks import assignments
-from submissions import release_notebook, solved, submit
+from submissions import read_csv, release_notebook, solved, submit
 
 NORMAL_USER = "course-grader"  # created when the tests run as root
 VENV = Path(sys.executable).parent.parent
@@ -90,11 +89,6 @@ def run_as(identity: str, command: list[str], cwd: Path) -> subprocess.Completed
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, f"{command} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 CASES = [("root", "defaults"), ("root", "elsewhere"), ("normal user", "defaults"), ("normal user", "elsewhere")]

@@ -5,13 +5,12 @@ submission, graded once through `make grade`.
 
 from __future__ import annotations
 
-import csv
 
 import nbformat
 import pytest
 
 from conftest import make
-from submissions import insert_code_cell, solved, submit
+from submissions import insert_code_cell, read_csv, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
 FULL = 30.0
@@ -54,11 +53,6 @@ CLASS = {
     "writes_a_gigabyte": lambda: with_cells_after_setup(WRITES_A_GIGABYTE),
     "sleeps_past_budget": lambda: with_cells_after_setup(SLEEPS, SLEEPS),
 }
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ Two classes, each graded once through `make grade` with two workers:
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import psutil
 import pytest
 
 from conftest import make
-from submissions import insert_code_cell, solved, submit
+from submissions import insert_code_cell, read_csv, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
 FULL = 30.0
@@ -45,11 +44,6 @@ def alive(pid):
         return False
 print("processes alive:", sum(alive(p) for p in os.listdir("/proc") if p.isdigit()))"""
 SPINS_UNTIL_STOPPED = DETACHES_SPINNERS + "\nwhile True:\n    pass"
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def totals(output) -> dict[tuple[str, str], float]:
