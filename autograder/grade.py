@@ -37,7 +37,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # isolation.py, when grade.py is imported rather than run
+sys.path.insert(0, str(HERE))  # isolation.py and sandbox.py, when grade.py is imported rather than run
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 IMAGE_WITHOUT_ALT = re.compile(r"<img (?![^>]*\balt=)")
 
@@ -317,7 +317,7 @@ def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
             apply_hidden_check_failures(assignment, student, hidden_check_failures(assignment, outbox))
             keep_reviewed_answers(assignment, student, reviewed, answers_file)
         except Exception as error:  # a grader bug must not stop the class: report it on this submission
-            result["success"], reason = False, f"grader error while scoring hidden checks: {error!r}"
+            result["success"], reason = False, f"grader error after autograding: {error!r}"
     if result["success"]:
         feedback = generate_feedback(_API, assignment, student)
         if not feedback["success"]:
@@ -534,6 +534,7 @@ def use_sandbox(output: Path, cpus_per_kernel: int) -> bool:
 def isolation_in_force(sandboxed: bool, cpus_per_kernel: int) -> str:
     """One line for the run summary: what separates a student's kernel from the grader and from classmates."""
     import isolation
+    import sandbox
 
     if not sandboxed:
         return "none (no bubblewrap): kernels run as this user, with the per-cell time limit only"
@@ -541,12 +542,11 @@ def isolation_in_force(sandboxed: bool, cpus_per_kernel: int) -> str:
     if os.geteuid() == 0:
         parts.append("a user id per kernel")
         groups = isolation.available()
-        memory = int(os.environ.get("GRADING_MEMORY_MB", "4096"))
-        parts.append(f"a {groups} group per kernel ({cpus_per_kernel} CPU, {memory} MiB, 256 processes in all)" if groups
-                     else "no cgroups on this machine: memory and processes limited per process")
+        limits = f"{cpus_per_kernel} CPU, {sandbox.MEMORY_BYTES // 2**20} MiB, {sandbox.EXTRA_PROCESSES} processes in all"
+        parts.append(f"a {groups} group per kernel ({limits})" if groups else "no cgroups on this machine: memory and processes limited per process")
     else:
         parts.append("user nobody in a user namespace; no cgroups without root: memory and processes limited per process")
-    parts.append("kernels at nice 10, every process a cell leaves running killed when it ends")
+    parts.append(f"kernels at nice {sandbox.KERNEL_NICENESS}, every process a cell leaves running killed when it ends")
     return "; ".join(parts)
 
 

@@ -12,7 +12,9 @@ Time limits measure the student's code, not the machine. A cell may use `cpu_tim
 time (its kernel's processes together) and `wall_time_limit` seconds of wall time not counting the time
 its kernel waited for a CPU that other work held; the notebook as a whole gets `notebook_time_limit`
 seconds, counted the same way. So a busy machine, which makes `import torch` slow, costs nobody points.
-A given cell (course code, such as the setup cell) that is cut off anyway runs once more in a fresh kernel.
+A given cell (course code, such as the setup cell) that is cut off anyway runs once more in a fresh kernel,
+with no CPU limit. A cell that writes more than its quota to the kernel's folders is stopped and what it
+wrote removed.
 """
 
 import asyncio
@@ -107,7 +109,8 @@ def limit_output_size(cell, printed: dict[str, int] | None = None) -> None:
         cell.outputs = kept + [note]
 
 
-KERNEL_OVER_QUOTA = "This cell wrote more than {mb} MB or {entries:,} files (its limit), and was interrupted; what it wrote was removed."
+KERNEL_OVER_QUOTA = (f"This cell wrote more than {WRITE_QUOTA_BYTES // 2**20} MB or {WRITE_QUOTA_ENTRIES:,} files (its limit), "
+                     "and was interrupted; what it wrote was removed.")
 KERNEL_OVER_CPU = "This cell used more than {limit:g} s of CPU time (its limit), and was interrupted."
 KERNEL_OVER_WALL = "This cell ran for more than {limit:g} s (its limit, not counting waits for a busy machine), and was interrupted."
 OVER_BUDGET = "The notebook ran past its time budget of {limit:g} s, so this cell was not run."
@@ -197,9 +200,9 @@ class ResilientExecute(Execute):
         return await super()._async_handle_timeout(timeout, cell)
 
     async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
-        """nbclient's wait for the cell's reply (wall-time limit), raced against the CPU-time limit."""
+        """nbclient's wait for the cell's reply (its own wall clock is only a backstop), raced against the cell's limits."""
         reply = asyncio.ensure_future(super()._async_poll_for_reply(msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive))
-        watch = asyncio.ensure_future(self._watch_cpu_time(reply, cell))
+        watch = asyncio.ensure_future(self._watch_limits(reply, cell))
         try:
             return await reply
         except asyncio.CancelledError:
@@ -210,18 +213,18 @@ class ResilientExecute(Execute):
         finally:
             watch.cancel()
 
-    async def _watch_cpu_time(self, reply: asyncio.Future, cell) -> None:
+    async def _watch_limits(self, reply: asyncio.Future, cell) -> None:
         """Interrupt the cell once it is past its CPU or wall-time limit; stop waiting for it if it will not stop."""
         cpu_start, clock_start, wait_start = self._cpu_seconds(), time.monotonic(), self._kernel_wait_seconds()
+        active = 0.0  # seconds the cell has run, not counting its kernel's waits for a CPU
         try:
             while True:
                 await asyncio.sleep(CPU_POLL_SECONDS)
                 if self._written_since(self._folders_before):
-                    self._over_limit = self._over_quota = KERNEL_OVER_QUOTA.format(mb=WRITE_QUOTA_BYTES // 2**20, entries=WRITE_QUOTA_ENTRIES)
+                    self._over_limit, self._over_quota = KERNEL_OVER_QUOTA, True
                     break
                 cpu = self._cpu_seconds() - cpu_start
                 active = time.monotonic() - clock_start - (self._kernel_wait_seconds() - wait_start)
-                self._cell_seconds = active
                 if self.cpu_time_limit > 0 and cpu > self.cpu_time_limit and not self._retrying:  # course code: its own time
                     self._over_limit = KERNEL_OVER_CPU.format(limit=self.cpu_time_limit)
                     break
@@ -229,8 +232,7 @@ class ResilientExecute(Execute):
                     self._over_limit = KERNEL_OVER_WALL.format(limit=self.wall_time_limit)
                     break
         finally:
-            self._notebook_seconds += getattr(self, "_cell_seconds", 0.0)
-            self._cell_seconds = 0.0
+            self._notebook_seconds += active
         self.log.warning("Cell past its time limit (%s); interrupting", self._over_limit)
         self._timed_out = True
         self._stop_strays()  # what it started would otherwise keep the CPU from the kernel's interrupt handler
@@ -259,7 +261,7 @@ class ResilientExecute(Execute):
         return total
 
     def preprocess_cell(self, cell, resources, index):
-        self._timed_out, self._over_limit, self._over_quota, self._printed = False, "", "", {}
+        self._timed_out, self._over_limit, self._over_quota, self._printed = False, "", False, {}
         self.iopub_timeout = self._configured_iopub_timeout
         if cell.cell_type != "code" or not cell.source.strip():
             return cell, resources  # nothing runs: no kernel to watch, no processes to stop
@@ -280,7 +282,7 @@ class ResilientExecute(Execute):
             return self._replace_kernel(cell, index, "CellTimeoutError", stuck), self.resources
         self._stop_strays()
         if self._remove_writes_over_quota():
-            self._over_limit = KERNEL_OVER_QUOTA.format(mb=WRITE_QUOTA_BYTES // 2**20, entries=WRITE_QUOTA_ENTRIES)
+            self._over_limit = KERNEL_OVER_QUOTA
         if self._over_limit:  # the interrupt's KeyboardInterrupt says less than why it came
             cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [self._error("CellTimeoutError", self._over_limit)]
         if self._timed_out and is_given(cell) and not self._retrying:
@@ -327,7 +329,7 @@ class ResilientExecute(Execute):
         self.iopub_timeout = self._configured_iopub_timeout
         self._stop_strays()
         if self._remove_writes_over_quota():
-            message = KERNEL_OVER_QUOTA.format(mb=WRITE_QUOTA_BYTES // 2**20, entries=WRITE_QUOTA_ENTRIES)
+            message = KERNEL_OVER_QUOTA
         cell.outputs = [self._error(name, message)]
         if is_given(cell) and not self._retrying:
             return self._retry_given_cell(cell, self.resources, index)[0]

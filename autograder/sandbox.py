@@ -33,6 +33,7 @@ EMPTIED = ("/tmp", "/root", "/home")  # shown empty inside the sandbox
 FIRST_UID = 200_000  # ids no account uses; a kernel takes FIRST_UID + its launcher's pid
 FILE_BYTES = 256 * 2**20
 SCRATCH_BYTES = 512 * 2**20  # each of the emptied folders (/tmp, /root, /home) holds at most this much
+KERNEL_NICENESS = 10  # the grader's own processes come first
 
 
 def tasks_of_this_user() -> int:
@@ -113,24 +114,24 @@ def sandbox_command(connection_file: str, cpus: float) -> list[str]:
     for path in writable:
         command += passable_parents(path, emptied) + ["--bind", str(path), str(path)]
     command += passable_parents(Path(connection_file), emptied) + ["--ro-bind", connection_file, connection_file]
-    limits = [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid)]
+    limits = [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid), str(KERNEL_NICENESS)]
     # ipykernel would take the pid namespace for its parent exiting; --die-with-parent covers that instead.
     return command + ["--unsetenv", "JPY_PARENT_PID", "--setenv", "HOME", "/tmp", "--chdir", str(here), sys.executable, "-c", INSIDE, connection_file, *limits]
 
 
 # The inner stage runs inside the sandbox, where autograder/ (this file) is hidden: it is passed as code.
-# argv: connection file, the limits on address space, processes and file size, and the user id to take (0: keep).
+# argv: connection file, the limits on address space, processes and file size, the user id to take (0: keep),
+# and the niceness.
 INSIDE = """
 import os, resource, sys
-KERNEL_NICENESS = 10
-connection_file, memory, processes, file_size, uid = sys.argv[1], *map(int, sys.argv[2:6])
+connection_file, memory, processes, file_size, uid, niceness = sys.argv[1], *map(int, sys.argv[2:7])
 limits = [(resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, processes), (resource.RLIMIT_FSIZE, file_size), (resource.RLIMIT_CORE, 0)]
 for limit, value in limits:
     resource.setrlimit(limit, (value, value))
-os.nice(KERNEL_NICENESS)  # the grader's own processes come first
+os.nice(niceness)
 try:  # the kernel leads a session of its own, so the scheduler also weighs its session group: lower that too
     with open("/proc/self/autogroup", "w") as autogroup:
-        autogroup.write(str(KERNEL_NICENESS))
+        autogroup.write(str(niceness))
 except OSError:
     pass
 quiet = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner when no frontend is its parent

@@ -45,7 +45,9 @@ def solved(assignment: str, replace: dict[str, str] | None = None) -> nbformat.N
 def insert_code_cell(notebook: nbformat.NotebookNode, after_grade_id: str, source: str) -> nbformat.NotebookNode:
     """Insert an extra (student-added) code cell after the cell `after_grade_id`."""
     index = next(i for i, c in enumerate(notebook.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == after_grade_id)
-    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(source, id=f"student-{index}"))
+    taken = {c.get("id") for c in notebook.cells}
+    cell_id = next(f"student-{index}-{n}" for n in range(len(notebook.cells) + 1) if f"student-{index}-{n}" not in taken)
+    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(source, id=cell_id))
     return notebook
 
 

@@ -18,13 +18,16 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import make
+from conftest import ROOT, make
 from submissions import insert_code_cell, read_csv, solved, submit
+
+sys.path.insert(0, str(ROOT / "autograder"))
+import isolation  # noqa: E402
+import sandbox  # noqa: E402
 
 ASSIGNMENT = "03_rnn_lstm"
 FULL = 30.0
 LOADED_CLASS = {"03_rnn_lstm": 30.0, "01_lstm_by_hand": 20.0}  # autograded points when correct
-FIRST_KERNEL_UID = 200_000  # autograder/sandbox.py: kernels graded as root take FIRST_UID + a pid
 
 DETACHES_SPINNERS = """import os, subprocess
 for _ in range(20):
@@ -102,7 +105,7 @@ def kernel_processes() -> list[int]:
     """Processes, not yet ended, of the user ids that kernels graded as root run under."""
     found = []
     for process in psutil.process_iter(["uids", "status"]):
-        if process.info["uids"] and process.info["uids"].real >= FIRST_KERNEL_UID and process.info["status"] != psutil.STATUS_ZOMBIE:
+        if process.info["uids"] and process.info["uids"].real >= sandbox.FIRST_UID and process.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(process.pid)
     return found
 
@@ -130,9 +133,6 @@ def test_no_kernel_process_outlives_the_run(neighbours):
 
 
 def test_the_run_summary_says_which_isolation_is_in_force(neighbours):
-    sys.path.insert(0, str(__import__("conftest").ROOT / "autograder"))
-    import isolation
-
     summary = next(line for line in neighbours["stdout"].splitlines() if line.startswith("Isolation: "))
     groups = isolation.available() if os.geteuid() == 0 else ""
     assert "bubblewrap sandbox" in summary and "killed when it ends" in summary
