@@ -51,6 +51,7 @@ KERNEL_STUCK = (
 )
 # How long an interrupted kernel may take to become idle before it is replaced.
 INTERRUPT_GRACE_SECONDS = 5
+REPLY_GRACE_SECONDS = 0.5  # for a reply already on its way before a cell past its limit is interrupted
 FLOOD_NOTE = "\n... [more outputs cut: this cell printed or displayed too much]\n"
 
 
@@ -236,6 +237,11 @@ class ResilientExecute(Execute):
         self.log.warning("Cell past its time limit (%s); interrupting", self._over_limit)
         self._timed_out = True
         self._stop_strays()  # what it started would otherwise keep the CPU from the kernel's interrupt handler
+        # Stopping them may end the cell (a fork bomb's fork fails): let its reply in first. An interrupt sent
+        # after the reply would land in the next cell; if the reply comes, this task is cancelled here.
+        await asyncio.sleep(REPLY_GRACE_SECONDS)
+        if reply.done():
+            return
         await ensure_async(self.km.interrupt_kernel())
         await asyncio.sleep(INTERRUPT_GRACE_SECONDS)
         if not reply.done():
