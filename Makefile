@@ -52,6 +52,7 @@ pdf: ## Export notebooks to PDF, each next to its notebook (NB=path/to.ipynb; de
 
 release: ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
+	$(BIN)/python tools/from_scratch_notes.py  # each answer cell's "Not allowed here" line, from its metadata
 	cd autograder && for assignment in $(ASSIGNMENTS); do \
 		$(BIN)/nbgrader generate_assignment $$assignment --force --log-level=WARN || exit 1; done
 

@@ -20,6 +20,7 @@ interrupted run picks up where it stopped, and a rerun gives the same grades; --
 from __future__ import annotations
 
 import argparse
+import ast
 import atexit
 import csv
 import functools
@@ -55,9 +56,13 @@ def load_api():
 
 
 def find_submissions(submitted: Path) -> list[tuple[str, str]]:
-    """(assignment, student) pairs present under submitted/<student>/<assignment>/, sorted."""
+    """(assignment, student) pairs present under submitted/<student>/<assignment>/, sorted.
+
+    A student folder that is a link is not followed; an assignment folder that is a link is listed, and refused
+    when it is graded (stage_submission).
+    """
     pairs = []
-    for student_dir in sorted(p for p in submitted.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for student_dir in sorted(p for p in submitted.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
         for assignment_dir in sorted(p for p in student_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             pairs.append((assignment_dir.name, student_dir.name))
     return pairs
@@ -110,15 +115,121 @@ def cell_notes(autograded_dir: Path) -> tuple[dict[tuple[str, str], str], dict[t
     return notes, anomalies
 
 
+MAX_SUBMISSION_FILES = 10_000
+# formgrader serves every file of a graded submission from the Jupyter server's own origin, typed by its suffix:
+# a student's page or script there would run in the instructor's session.
+ACTIVE_SUFFIXES = {".html", ".htm", ".xhtml", ".shtml", ".svg", ".svgz", ".xml", ".xsl", ".xslt", ".js", ".mjs", ".swf"}
+MAX_SUBMISSION_BYTES = 2**30
+
+
+def submission_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """(the regular files under `folder`, relative to it, sorted; notes on every other entry, which is never followed).
+
+    A student's folder may hold symbolic links (to the solutions, the hidden references, a classmate's notebook),
+    FIFOs or devices: root would read through them, so they are left out, and said so.
+    """
+    if folder.is_symlink() or not folder.is_dir():
+        return [], [f"{folder.name} is a symbolic link or not a folder"]
+    files, refused, pending = [], [], [Path()]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(folder / relative) as entries:
+            for entry in sorted(entries, key=lambda entry: entry.name):
+                path = relative / entry.name
+                if entry.is_symlink():
+                    refused.append(f"{path} (a symbolic link)")
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif not entry.is_file(follow_symlinks=False):
+                    refused.append(f"{path} (not a regular file)")
+                elif path.suffix.lower() in ACTIVE_SUFFIXES:
+                    refused.append(f"{path} (a web page or script, which formgrader would serve to the instructor's browser)")
+                elif len(files) >= MAX_SUBMISSION_FILES:
+                    refused.append(f"{path} (more than {MAX_SUBMISSION_FILES:,} files)")
+                else:
+                    files.append(path)
+    return sorted(files), refused
+
+
+def stage_submission(submitted: Path, staged: Path, assignment: str, student: str) -> list[str]:
+    """Copy a submission's regular files to `staged`/<student>/<assignment>, never through a link; notes on what was left out.
+
+    nbgrader copies a submission to the autograded folder as root, following links: it is given this copy instead.
+    """
+    source, target = submitted / student / assignment, staged / student / assignment
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    files, refused = submission_files(source)
+    total = 0
+    for relative in files:
+        try:
+            handle = os.open(source / relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as error:
+            refused.append(f"{relative} ({error.strerror.lower()})")
+            continue
+        with os.fdopen(handle, "rb") as stream:
+            size = os.fstat(handle).st_size
+            if total + size > MAX_SUBMISSION_BYTES:
+                refused.append(f"{relative} (the submission is over {MAX_SUBMISSION_BYTES // 2**20} MB)")
+                continue
+            total += size
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            with open(target / relative, "xb") as copy:
+                shutil.copyfileobj(stream, copy)
+    return refused
+
+
+def needs_a_look(autograded_dir: Path, assignment: str) -> dict[tuple[str, str], str]:
+    """{(notebook, test cell grade_id): what from_scratch.py's static reading found in the student's code it uses}.
+
+    An answer cell's findings go to the test cells that name it; those of cells the student added, to every test cell.
+    """
+    import nbformat
+    from from_scratch import static_flags
+    from harness import cell_kind
+
+    rules = from_scratch_rules(assignment)
+    everything = sorted({name for names in rules.values() for name in names})
+    looks = {}
+    for path in sorted(autograded_dir.glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        context = "\n".join(c.source for c in cells if cell_kind(c) == "given")
+        answers, added = {}, []
+        for cell in cells:
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if cell_kind(cell) == "solution" and grade_id:
+                answers[grade_id] = static_flags(cell.source, rules.get(grade_id, []), context=context)
+            elif cell_kind(cell) == "course" and not grade_id:
+                added += [f"a cell of the student's: {flag}" for flag in static_flags(cell.source, everything, context=context)]
+        for cell in cells:
+            if cell_kind(cell) == "test" and cell.metadata.get("nbgrader", {}).get("grade_id"):
+                used = {node.id for node in ast.walk(parsed(cell.source)) if isinstance(node, ast.Name)}
+                flags = [f"{grade_id}: {flag}" for grade_id, found in answers.items() if grade_id in used for flag in found]
+                if flags or added:
+                    looks[(path.stem, cell.metadata.nbgrader.grade_id)] = "; ".join(dict.fromkeys(flags + added))[:1000]
+    return looks
+
+
+def parsed(source: str) -> ast.AST:
+    """The syntax tree of a cell's source, or an empty module if it does not parse."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ast.Module(body=[], type_ignores=[])
+
+
 def fingerprint(submitted: Path, assignment: str, student: str) -> str:
     """SHA-256 over everything the grade of one submission depends on."""
     digest = hashlib.sha256()
-    inputs = [submitted / student / assignment, HERE.parent / "solutions" / assignment]
-    files = [f for folder in inputs for f in sorted(folder.rglob("*")) if f.is_file()]
+    folder = submitted / student / assignment
+    files, refused = submission_files(folder)
+    digest.update(repr(refused).encode())  # a link replaced by a file, or the reverse, is a change
+    paths = [folder / relative for relative in files]
+    paths += sorted(f for f in (HERE.parent / "solutions" / assignment).rglob("*") if f.is_file())
     references = [HERE / "references" / f"{assignment}{suffix}" for suffix in (".pt", ".cells.json", ".mistakes.pt")]
-    grading_code = [HERE / name for name in ("grade.py", "nbgrader_config.py", "preprocessors.py", "sandbox.py", "isolation.py", "anomalies.py")]
-    files += references + grading_code + [HERE.parent / "shared" / "checks.py"]  # checks.compare scores hidden checks
-    for path in files:
+    grading_code = [HERE / name for name in ("grade.py", "nbgrader_config.py", "preprocessors.py", "sandbox.py", "isolation.py", "anomalies.py", "scoring.py", "harness.py", "harness_zygote.py", "from_scratch.py", "inert.py")]
+    paths += references + grading_code + [HERE.parent / "shared" / "checks.py"]  # checks.compare scores hidden checks
+    for path in paths:
         if path.exists():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -129,32 +240,13 @@ def marker(output: Path, assignment: str, student: str) -> Path:
 
 
 _API = None
+_HARNESS = None  # this worker's clean second pass (harness.py), started on first use
 
 
 def _start_worker() -> None:
     global _API
     warnings.filterwarnings("ignore", message=".*not in session.*")
     _API = load_api()
-
-
-MAX_OUTBOX_FILE = 64 * 2**20
-
-
-def received_hidden_values(outbox: Path) -> dict[str, dict]:
-    """{check name: message} from the files a kernel wrote to `outbox`; the last one of a name wins."""
-    import torch
-
-    received = {}
-    for path in sorted(outbox.glob("*.pt")):
-        if path.stat().st_size > MAX_OUTBOX_FILE:
-            continue
-        try:
-            message = torch.load(path, weights_only=True)
-        except Exception:  # a file the student's code wrote or damaged: ignore it
-            continue
-        if isinstance(message, dict) and isinstance(message.get("name"), str):
-            received[message["name"]] = message
-    return received
 
 
 @functools.cache
@@ -169,53 +261,74 @@ def hidden_references(assignment: str) -> tuple[dict, dict, dict]:
     return references, mistakes, cells
 
 
-def hidden_check_failures(assignment: str, outbox: Path) -> dict[str, str]:
-    """{test cell grade_id: reason} for each test cell with a hidden check that failed or did not run."""
-    from shared.checks import compare, matching_mistake, mistake_message
+def hidden_check_verdicts(assignment: str, outbox: Path) -> dict[str, str | None]:
+    """{test cell grade_id: None when all its hidden checks passed, else why not} (scoring.py: fails closed)."""
+    import scoring
 
     references, mistakes, cells = hidden_references(assignment)
-    received = received_hidden_values(outbox)
-    failures = {}
-    for grade_id, names in cells.items():
-        for name in names:
-            message, reference = received.get(name), references[name]
-            if message is None:
-                failures[grade_id] = f"hidden check '{name}' did not run"
-            elif "error" in message:
-                failures[grade_id] = f"hidden check '{name}': {message['error']}"
-            else:
-                try:
-                    compare(name, message.get("value"), reference["value"], rtol=reference["rtol"], atol=reference["atol"])
-                    continue
-                except AssertionError as error:
-                    mistake = matching_mistake(message.get("value"), mistakes.get(name, []), reference["rtol"], reference["atol"])
-                    # A named mistake keeps its hint (one line); otherwise the first line says what differs.
-                    lines = mistake_message(name, mistake).split("\n") if mistake else str(error).strip().splitlines()[:1]
-                    detail = " ".join(line.strip() for line in lines).strip().removeprefix(f"Check '{name}': ")
-                    failures[grade_id] = f"hidden check '{name}': {detail}"
-            break
-    return failures
+    return scoring.score_hidden_checks(scoring.read_outbox(outbox), cells, references, mistakes)
 
 
-def apply_hidden_check_failures(assignment: str, student: str, failures: dict[str, str]) -> None:
-    """Zero the failing cells in the gradebook and show why in the autograded notebook (so in feedback too)."""
+def second_pass(assignment: str, submission: Path) -> dict[str, str | None]:
+    """Run the submission's answers with the course's test cells in the clean harness (harness.py) and score what its
+    hidden checks sent: {test cell grade_id: None if they all passed, else why not}."""
+    import harness
+
+    global _HARNESS
+    if _HARNESS is None:
+        root = Path(os.environ["GRADING_OUTPUT"]) / ".grading" / "harness" / str(os.getpid())
+        _HARNESS = harness.Harness(root, float(os.environ.get("OMP_NUM_THREADS", "1")), sandboxed=bool(os.environ.get("GRADING_KERNEL")))
+    limits = _API.config.ResilientExecute
+    cells = harness.clean_run_cells(HERE.parent / "solutions" / assignment / f"{assignment}.ipynb", submission / f"{assignment}.ipynb")
+    forbidden = from_scratch_rules(assignment)
+    folder, ended = _HARNESS.run(cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit), forbidden)
+    try:
+        verdicts = hidden_check_verdicts(assignment, folder / "outbox")
+        report = harness.read_report(folder / "report.json")
+    finally:
+        harness.remove(folder)
+    raised = {cell["grade_id"]: harness.error_summary(cell["status"], forbidden) for cell in report.get("cells", [])
+              if cell.get("kind") == "test" and cell.get("status") != "ok"}
+    for grade_id, note in verdicts.items():
+        if note and grade_id in raised:  # the cell's error in the grading run says more (a from-scratch violation, ...)
+            verdicts[grade_id] = f"{note}; in the grading run the cell raised {raised[grade_id]}"
+        elif note and ended != "ended":
+            verdicts[grade_id] = f"{note} (the grading run of the answers {ended})"
+    return verdicts
+
+
+@functools.cache
+def from_scratch_rules(assignment: str) -> dict[str, list[str]]:
+    """{answer cell grade_id: the built-ins it may not use}, from the source notebook's metadata (from_scratch.py)."""
+    import from_scratch
+
+    return from_scratch.forbidden_by_cell(HERE.parent / "solutions" / assignment / f"{assignment}.ipynb")
+
+
+def grant_points(assignment: str, student: str, verdicts: dict[str, str | None]) -> None:
+    """Give each test cell, zeroed by WithholdTestPoints, nbgrader's score back if its hidden checks passed; note why not in
+    the autograded notebook (so in feedback too)."""
     import nbformat
     from nbgrader.api import Gradebook
+    from nbgrader.utils import determine_grade, is_grade, is_solution
 
-    if not failures:  # the usual case: nothing to change, so no need to open the gradebook and the notebook
-        return
-    with Gradebook(_API.coursedir.db_url) as gradebook:
-        for grade_id in failures:
-            gradebook.find_grade(grade_id, assignment, assignment, student).auto_score = 0.0
-        gradebook.db.commit()
     path = Path(_API.coursedir.format_path(_API.coursedir.autograded_directory, student, assignment)) / f"{assignment}.ipynb"
     notebook = nbformat.read(path, as_version=4)
-    for cell in notebook.cells:
-        reason = failures.get(cell.metadata.get("nbgrader", {}).get("grade_id"))
-        already_failed = any(output.get("output_type") == "error" for output in cell.get("outputs", []))
-        if reason and not already_failed:  # an error in the cell already explains its 0 better
-            cell.outputs.append(nbformat.v4.new_output("error", ename="HiddenCheckFailed", evalue=reason, traceback=[f"HiddenCheckFailed: {reason}"]))
-    replace_notebook(path, notebook)
+    tests = [cell for cell in notebook.cells if is_grade(cell) and not is_solution(cell)]
+    failed = False
+    with Gradebook(_API.coursedir.db_url) as gradebook:
+        for cell in tests:
+            grade_id = cell.metadata.nbgrader.grade_id
+            reason = verdicts.get(grade_id)
+            score, _ = determine_grade(cell, None)
+            gradebook.find_grade(grade_id, assignment, assignment, student).auto_score = 0.0 if reason else score
+            already_failed = any(output.get("output_type") == "error" for output in cell.get("outputs", []))
+            if reason and not already_failed:  # an error in the cell already explains its 0 better
+                cell.outputs.append(nbformat.v4.new_output("error", ename="HiddenCheckFailed", evalue=reason, traceback=[f"HiddenCheckFailed: {reason}"]))
+                failed = True
+        gradebook.db.commit()
+    if failed:
+        replace_notebook(path, notebook)
 
 
 def replace_notebook(path: Path, notebook) -> None:
@@ -299,30 +412,77 @@ def generate_feedback(api, assignment: str, student: str) -> dict:
         return capture_log(converter)
 
 
+def note_refused_files(assignment: str, student: str, refused: list[str]) -> None:
+    """Say in the autograded notebook (so in every row of grades_by_test.csv) which submitted entries were not copied."""
+    import nbformat
+
+    path = Path(_API.coursedir.format_path(_API.coursedir.autograded_directory, student, assignment)) / f"{assignment}.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+    anomalies = notebook.metadata.setdefault("course_grading", {}).setdefault("anomalies", [])
+    anomalies.append({"grade_id": None, "note": f"not copied from the submission: {shown}"})
+    replace_notebook(path, notebook)
+
+
 def grade_one(assignment: str, student: str) -> tuple[str, str, str, float]:
     """Autograde one submission and write its feedback; returns (assignment, student, failure reason or '', seconds)."""
     started = time.monotonic()
-    outbox = Path(os.environ["GRADING_OUTPUT"]) / ".grading" / "outbox" / assignment / student
+    try:
+        reason = autograde_and_score(assignment, student)
+    except Exception as error:  # a grader bug must not stop the class: report it on this submission
+        reason = f"grader error: {error!r}"
+    if reason:
+        try:
+            withhold_all_points(assignment, student)
+        except Exception:  # no gradebook entry to zero: grades.csv says 0 anyway
+            pass
+    return assignment, student, reason, time.monotonic() - started
+
+
+def autograde_and_score(assignment: str, student: str) -> str:
+    """The stages of grading one submission: stage a safe copy, autograde it, score its hidden checks, write feedback.
+
+    Returns why it could not be graded, or ''.
+    """
+    from nbgrader.utils import temp_attrs
+
+    grading = Path(os.environ["GRADING_OUTPUT"]) / ".grading"
+    outbox = grading / "outbox" / assignment / student
     shutil.rmtree(outbox, ignore_errors=True)
     outbox.mkdir(parents=True)
     os.environ["COURSE_GRADING_OUTBOX"] = str(outbox)  # the kernel nbgrader starts inherits it
-    answers_file = Path(os.environ["GRADING_OUTPUT"]) / ".grading" / assignment / f"{student}.answers.json"
+    scratch = grading / "scratch" / assignment / student  # the kernel's working folder (sandbox.py)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    os.environ["COURSE_GRADING_SCRATCH"] = str(scratch)
+    answers_file = grading / assignment / f"{student}.answers.json"
     reviewed = reviewed_answers(assignment, student) if answers_file.exists() else set()
-    result = _API.autograde(assignment, student, force=True, create=True)
-    reason = ""
+    refused = stage_submission(Path(_API.coursedir.submitted_directory), grading / "staged", assignment, student)
+    if not (grading / "staged" / student / assignment / f"{assignment}.ipynb").is_file():
+        why = next((note for note in refused if note.startswith((f"{assignment}.ipynb ", assignment + " "))), "")
+        return f"no notebook {assignment}.ipynb to grade" + (f": {why}" if why else "")
+    with temp_attrs(_API.coursedir, submitted_directory=str(grading / "staged")):
+        result = _API.autograde(assignment, student, force=True, create=True)
+    shutil.rmtree(scratch, ignore_errors=True)  # what the kernel wrote is not kept, nor shown in feedback
     if not result["success"]:
-        reason = first_error_line(result.get("error", "") + "\n" + result.get("log", ""))
-    else:
-        try:
-            apply_hidden_check_failures(assignment, student, hidden_check_failures(assignment, outbox))
-            keep_reviewed_answers(assignment, student, reviewed, answers_file)
-        except Exception as error:  # a grader bug must not stop the class: report it on this submission
-            result["success"], reason = False, f"grader error after autograding: {error!r}"
-    if result["success"]:
-        feedback = generate_feedback(_API, assignment, student)
-        if not feedback["success"]:
-            reason = "feedback failed: " + first_error_line(feedback.get("error", ""))
-    return assignment, student, reason, time.monotonic() - started
+        return first_error_line(result.get("error", "") + "\n" + result.get("log", ""))
+    if refused:
+        note_refused_files(assignment, student, refused)
+    grant_points(assignment, student, second_pass(assignment, grading / "staged" / student / assignment))
+    keep_reviewed_answers(assignment, student, reviewed, answers_file)
+    feedback = generate_feedback(_API, assignment, student)
+    return "" if feedback["success"] else "feedback failed: " + first_error_line(feedback.get("error", ""))
+
+
+def withhold_all_points(assignment: str, student: str) -> None:
+    """Set every automatic score of a submission that could not be graded to 0, as grades.csv has it."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(_API.coursedir.db_url) as gradebook:
+        for notebook in gradebook.find_submission(assignment, student).notebooks:
+            for grade_entry in notebook.grades:
+                grade_entry.auto_score = 0.0
+        gradebook.db.commit()
 
 
 def reviewed_answers(assignment: str, student: str) -> set[str]:
@@ -470,9 +630,11 @@ def export(api, pairs, failures, output: Path) -> None:
                 totals.append([student, assignment, 0.0, max_score])
                 for notebook in gradebook.find_assignment(assignment).notebooks:
                     for cell in notebook.grade_cells:
-                        by_test.append([student, assignment, notebook.name, cell.name, 0.0, cell.max_score, f"submission not graded: {reason}"])
+                        by_test.append([student, assignment, notebook.name, cell.name, 0.0, cell.max_score, f"submission not graded: {reason}", ""])
                 continue
-            notes, anomalies = cell_notes(Path(api.coursedir.format_path(api.coursedir.autograded_directory, student, assignment)))
+            autograded = Path(api.coursedir.format_path(api.coursedir.autograded_directory, student, assignment))
+            notes, anomalies = cell_notes(autograded)
+            looks = needs_a_look(autograded, assignment)
             totals.append([student, assignment, round(submission.score, 4), max_score])
             for notebook in submission.notebooks:
                 for grade_entry in sorted(notebook.grades, key=lambda g: cell_order(assignment, notebook.name, g.name)):
@@ -485,9 +647,10 @@ def export(api, pairs, failures, output: Path) -> None:
                     # Said after the reason the cell lost points, so that reason still comes first.
                     extra = [anomalies.get((notebook.name, grade_entry.name)), anomalies.get((notebook.name, None))]
                     note = "; ".join(filter(None, [note, *extra]))
-                    by_test.append([student, assignment, notebook.name, grade_entry.name, score, grade_entry.max_score, note])
+                    by_test.append([student, assignment, notebook.name, grade_entry.name, score, grade_entry.max_score, note,
+                                    looks.get((notebook.name, grade_entry.name), "")])
     write_csv(output / "grades.csv", ["student_id", "assignment", "score", "max_score"], totals)
-    write_csv(output / "grades_by_test.csv", ["student_id", "assignment", "notebook", "grade_id", "score", "max_score", "note"], by_test)
+    write_csv(output / "grades_by_test.csv", ["student_id", "assignment", "notebook", "grade_id", "score", "max_score", "note", "needs_a_look"], by_test)
 
 
 def cell_order(assignment: str, notebook: str, grade_id: str) -> int:
@@ -505,12 +668,20 @@ def cell_order(assignment: str, notebook: str, grade_id: str) -> int:
 _ORDER: dict[tuple[str, str], dict[str, int]] = {}
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def inert_cell(value):
+    """`value`, with a quote in front if it is text a spreadsheet would run as a formula (a note, a student id)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     partial = path.with_suffix(".partial")
     with partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows([inert_cell(value) for value in row] for row in rows)
     partial.replace(path)
 
 

@@ -8,7 +8,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from anomalies import CheckSourceMetadata, ClearSourceHiddenTests  # noqa: E402
-from preprocessors import HideHiddenTestTracebacks, ResilientExecute  # noqa: E402
+from preprocessors import HideHiddenTestTracebacks, ResilientExecute, WithholdTestPoints  # noqa: E402
 from nbgrader.converters import Autograde  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
@@ -63,11 +63,15 @@ if os.environ.get("GRADING_KERNEL"):
 
 # Kernel death costs only the cell that killed it (see preprocessors.py).
 c.Autograde.autograde_preprocessors = [
+    # The student's kernel never sees the hidden tests, not even as code to run: they run in the clean second
+    # pass (harness.py), where a cell's hooks and prints cannot reach them. The kernel runs the visible checks.
+    ClearSourceHiddenTests,
     ResilientExecute,
     IgnorePattern,
     ClearMetadataPreprocessor,
     LimitOutput,
     SaveAutoGrades,
+    WithholdTestPoints,  # test cells earn their points in grade.py, once their hidden checks have passed
     AssignLatePenalties,
     CheckCellMetadata,
 ]
@@ -80,6 +84,13 @@ c.OverwriteCells.add_missing_cells = True
 c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r".*(UserWarning|DeprecationWarning|FutureWarning).*"
 
-# Feedback shows students their results, never the hidden test code (not even in tracebacks); a student's
-# own cell that quotes the hidden-test markers is shown as written (anomalies.py).
-c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTestTracebacks, ClearSourceHiddenTests, CSSHTMLHeaderPreprocessor]
+# Feedback shows students their results, never the hidden test code (not even in tracebacks, nor in what a
+# cell printed: RedactHiddenTests reads the hidden blocks, so it runs before ClearSourceHiddenTests); a
+# student's own cell that quotes the hidden-test markers is shown as written (anomalies.py, inert.py).
+from inert import MakeInert, RedactHiddenTests  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [
+    GetGrades, HideHiddenTestTracebacks, RedactHiddenTests, ClearSourceHiddenTests, CSSHTMLHeaderPreprocessor]
+# Every HTML page nbgrader makes of a notebook (formgrader's grading page, the feedback pages) runs nothing of
+# the student's: markdown and outputs sanitized, scripts and widgets dropped (inert.py). It runs first.
+c.HTMLExporter.preprocessors = [MakeInert]

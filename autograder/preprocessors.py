@@ -31,6 +31,7 @@ from traitlets import Float
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
 from nbformat.notebooknode import NotebookNode
+from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 
 MAX_OUTPUT_CHARACTERS = 100_000  # printed text, an error's traceback, a text/html/json display
@@ -172,7 +173,8 @@ class ResilientExecute(Execute):
         self._notebook_seconds = 0.0
         self._notebook_output_characters, self._printed = 0, {}
         # The folders the sandbox lets the kernel write to on disk (sandbox.py), held to a quota per cell.
-        folders = [(resources or {}).get("metadata", {}).get("path"), os.environ.get("COURSE_GRADING_OUTBOX")]
+        working = os.environ.get("COURSE_GRADING_SCRATCH") if os.environ.get("GRADING_KERNEL") else None
+        folders = [working or (resources or {}).get("metadata", {}).get("path"), os.environ.get("COURSE_GRADING_OUTBOX")]
         self._writable = [Path(folder) for folder in folders if folder]
         return super().preprocess(nb, resources, km)
 
@@ -422,8 +424,9 @@ class ResilientExecute(Execute):
 
 
 def _is_kernel(process) -> bool:
+    """Whether `process` is an IPython kernel itself (`python -m ipykernel_launcher ...`), not bwrap or a stage naming it."""
     try:
-        return process is not None and "ipykernel_launcher" in process.cmdline()
+        return process is not None and process.cmdline()[1:3] == ["-m", "ipykernel_launcher"]
     except psutil.Error:
         return False
 
@@ -496,3 +499,19 @@ class HideHiddenTestTracebacks(NbGraderPreprocessor):
                 if output.get("output_type") == "error":
                     output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
         return cell, resources
+
+
+class WithholdTestPoints(NbGraderPreprocessor):
+    """After nbgrader has saved its scores, set every test cell's to 0 in the gradebook: grade.py gives the points back
+    only to cells whose hidden checks passed, so a grader that stops half way, or fails, leaves zeros, never full marks."""
+
+    def preprocess(self, nb, resources):
+        from nbgrader.api import Gradebook
+
+        info = resources["nbgrader"]
+        tests = [cell.metadata.nbgrader.grade_id for cell in nb.cells if utils.is_grade(cell) and not utils.is_solution(cell)]
+        with Gradebook(info["db_url"]) as gradebook:
+            for grade_id in tests:
+                gradebook.find_grade(grade_id, info["notebook"], info["assignment"], info["student"]).auto_score = 0.0
+            gradebook.db.commit()
+        return nb, resources

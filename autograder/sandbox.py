@@ -19,20 +19,22 @@ than the grader.
 """
 
 import argparse
+import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import isolation
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parent
 MEMORY_BYTES = int(os.environ.get("GRADING_MEMORY_MB", "4096")) * 2**20
 EXTRA_PROCESSES = 256
-EMPTIED = ("/tmp", "/root", "/home")  # shown empty inside the sandbox
 FIRST_UID = 200_000  # ids no account uses; a kernel takes FIRST_UID + its launcher's pid
 FILE_BYTES = 256 * 2**20
-SCRATCH_BYTES = 512 * 2**20  # each of the emptied folders (/tmp, /root, /home) holds at most this much
+SCRATCH_BYTES = 512 * 2**20  # each of the in-memory folders (/tmp, /home) holds at most this much
 KERNEL_NICENESS = 10  # the grader's own processes come first
 
 
@@ -49,21 +51,24 @@ def tasks_of_this_user() -> int:
     return count
 
 
-def hide(path: Path) -> list[str]:
-    """bwrap arguments that make `path` look empty (a folder) or blank (a file)."""
-    if path.is_dir():
-        return ["--perms", "0755", "--tmpfs", str(path)]
-    if path.exists():
-        return ["--ro-bind", "/dev/null", str(path)]
-    return []
+SYSTEM_FOLDERS = ("/usr", "/bin", "/lib", "/lib32", "/lib64", "/sbin")  # programs and libraries, read-only
+SYSTEM_FILES = (  # the few files of /etc that Python, its libraries and fonts read
+    "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+    "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/fonts", "/etc/mime.types", "/etc/os-release",
+)
+# The only variables a kernel gets: what the course's code reads while grading. Nothing else of the grader's.
+KERNEL_VARIABLES = ("COURSE_GRADING_OUTBOX", "NBGRADER_EXECUTION", "OMP_NUM_THREADS", "COURSE_DATA_DIR", "GLOVE_DIR", "COURSE_DEVICE")
 
 
-def give_to(uid: int, writable: list[Path], connection_file: str) -> None:
-    """Hand the folders the kernel writes to, and its connection file, to the user id `uid`."""
+def give_to(uid: int, writable: list[Path], files: list[str]) -> None:
+    """Hand the folders a sandboxed process writes to, and `files` (a kernel's connection file), to the user id `uid`."""
     for folder in writable:
-        for path in [folder, *folder.rglob("*")]:
-            os.chown(path, uid, uid, follow_symlinks=False)
-    os.chown(connection_file, uid, uid)
+        os.chown(folder, uid, uid, follow_symlinks=False)
+        for parent, folders, names in os.walk(folder):  # links are changed themselves, never followed
+            for name in folders + names:
+                os.chown(os.path.join(parent, name), uid, uid, follow_symlinks=False)
+    for name in files:
+        os.chown(name, uid, uid)
 
 
 def passable_parents(path: Path, emptied: list[Path]) -> list[str]:
@@ -76,78 +81,147 @@ def passable_parents(path: Path, emptied: list[Path]) -> list[str]:
     return [argument for parent in inside for argument in ("--perms", "0755", "--dir", str(parent))]
 
 
+def course_folders() -> list[Path]:
+    """What a kernel reads of the course: the `shared` package this Python imports (with the public references) and data/."""
+    spec = importlib.util.find_spec("shared")
+    packages = [Path(location).resolve() for location in (spec.submodule_search_locations or [])] if spec else []
+    packages.append(REPOSITORY / "shared")
+    folders = [folder for package in packages for folder in (package, package.parent / "data")]
+    folders += [Path(os.environ[name]).resolve() for name in ("COURSE_DATA_DIR", "GLOVE_DIR") if os.environ.get(name)]
+    return [folder for folder in dict.fromkeys(folders) if folder.exists()]
+
+
+def prepare_scratch(scratch: Path, here: Path) -> None:
+    """The kernel's working folder: a copy of the submission nbgrader put in `here`, made once per submission.
+
+    The kernel writes there, never in the autograded folder itself, where the grader then writes the graded
+    notebook and nbgrader sets permissions: a link the kernel planted there could make root write or chmod
+    through it. A restarted kernel keeps the folder as its predecessor left it.
+    """
+    if any(scratch.iterdir()):
+        return
+    for entry in here.iterdir():  # not the notebook: nbgrader's copy of it holds the hidden tests
+        if entry.is_file() and not entry.is_symlink() and entry.suffix != ".ipynb":
+            shutil.copyfile(entry, scratch / entry.name, follow_symlinks=False)
+
+
+def identity_and_limits(name: str, cpus: float, writable: list[Path], extra_files: list[str]) -> tuple[list[str], list[str]]:
+    """(bwrap's identity arguments, the inner stage's limit arguments) for a sandboxed process; as root, also enter its cgroup."""
+    if os.geteuid() == 0:
+        # Root sets the sandbox up, and its inner stage drops to a user id of this process's own.
+        uid, tasks = FIRST_UID + os.getpid(), 0
+        give_to(uid, writable, extra_files)
+        # The whole process, with whatever it starts or detaches, shares one CPU quota, memory limit and process count.
+        isolation.enter(f"{name}-{os.getpid()}", isolation.Limits(cpus, MEMORY_BYTES, EXTRA_PROCESSES))
+        identity = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        uid, tasks = 0, tasks_of_this_user()
+        identity = ["--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
+    return identity, [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid), str(KERNEL_NICENESS)]
+
+
+def allow_list(identity: list[str], binds: list[tuple[Path, Path]], read_only: list[tuple[Path, Path]]) -> list[str]:
+    """The bwrap command line up to the program: an empty root showing only the system, Python, the course's public
+    folders, in-memory /tmp and /home, the `binds` (source, target) writable and `read_only` files."""
+    command = ["bwrap", *identity, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+               "--dev", "/dev", "--proc", "/proc"]
+    for name in SYSTEM_FOLDERS:
+        path = Path(name)
+        if path.is_symlink():  # merged /usr: /bin -> usr/bin
+            command += ["--symlink", os.readlink(path), name]
+        elif path.is_dir():
+            command += ["--ro-bind", name, name]
+    root = [Path("/")]  # bwrap makes a bound path's missing parents 0700 and root's: passable_parents makes them 0755
+    for name in (*SYSTEM_FILES, "/sys/devices/system/cpu"):
+        command += passable_parents(Path(name), root) + ["--ro-bind-try", name, name]
+    for folder in ("/tmp", "/home", "/dev/shm"):  # in memory, and of a bounded size: what is written there is not on the disk
+        command += ["--perms", "1777" if folder != "/home" else "0755", "--size", str(SCRATCH_BYTES), "--tmpfs", folder]
+    python = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve().parent]
+    for needed in dict.fromkeys(python + course_folders()):
+        if not any(needed.is_relative_to(system) for system in map(Path, SYSTEM_FOLDERS)):
+            command += passable_parents(needed, root) + ["--ro-bind", str(needed), str(needed)]
+    for source, target in binds:
+        command += passable_parents(target, root) + ["--bind", str(source), str(target)]
+    for source, target in read_only:
+        command += passable_parents(target, root) + ["--ro-bind", str(source), str(target)]
+    command += ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
+                "--setenv", "PATH", f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"]
+    for name in KERNEL_VARIABLES:
+        if name in os.environ:
+            command += ["--setenv", name, os.environ[name]]
+    return command
+
+
 def sandbox_command(connection_file: str, cpus: float) -> list[str]:
     """The bwrap command line that runs this script's inner stage for `connection_file`."""
     here, output = Path.cwd(), Path(os.environ["GRADING_OUTPUT"]).resolve()
     if not here.is_relative_to(output / "autograded"):  # the folder is handed to the kernel's user: never anything else
         raise SystemExit(f"sandbox.py: a graded kernel runs in {output / 'autograded'}/<student>/<assignment>, not in {here}")
+    scratch = Path(os.environ["COURSE_GRADING_SCRATCH"])
+    if not scratch.resolve().is_relative_to(output / ".grading" / "scratch"):
+        raise SystemExit(f"sandbox.py: a kernel's scratch folder is under {output / '.grading' / 'scratch'}, not {scratch}")
+    prepare_scratch(scratch, here)
     sockets = Path(json.loads(Path(connection_file).read_text())["ip"]).parent  # ipc transport: "ip" is a path prefix
-    writable = [here, Path(os.environ["COURSE_GRADING_OUTBOX"]), sockets]
-    secret = [REPOSITORY / "autograder", REPOSITORY / "solutions", REPOSITORY / ".git", Path(os.environ["SUBMISSIONS"]).resolve()]
-    if output == REPOSITORY:  # grading output inside the repository: hide its parts, not the repository
-        secret += [output / name for name in ("autograded", "feedback", ".grading", "gradebook.db", "grades.csv", "grades_by_test.csv")]
-    else:
-        secret.append(output)
-    if os.geteuid() == 0:
-        # Root sets the sandbox up, and its inner stage drops to a user id of this kernel's own.
-        uid, tasks = FIRST_UID + os.getpid(), 0
-        give_to(uid, writable, connection_file)
-        # The whole kernel, with whatever it starts or detaches, shares one CPU quota, memory limit and process count.
-        isolation.enter(f"kernel-{os.getpid()}", isolation.Limits(cpus, MEMORY_BYTES, EXTRA_PROCESSES))
-        identity = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
-        uid, tasks = 0, tasks_of_this_user()
-        identity = ["--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
-    command = [
-        "bwrap", *identity, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-    ]
-    for folder in EMPTIED:  # in memory, and of a bounded size: what a kernel writes there is not on the disk
-        command += ["--perms", "1777" if folder == "/tmp" else "0755", "--size", str(SCRATCH_BYTES), "--tmpfs", folder]
-    emptied = [Path(folder) for folder in EMPTIED]
-    # Show again what the kernel needs if it lives under a hidden folder: the repository, the Python install.
-    for needed in dict.fromkeys([REPOSITORY, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]):
-        command += passable_parents(needed, emptied) + ["--ro-bind", str(needed), str(needed)]
-    for path in secret:
-        command += hide(path)
-    emptied += [path for path in secret if path.is_dir()]
-    for path in writable:
-        command += passable_parents(path, emptied) + ["--bind", str(path), str(path)]
-    command += passable_parents(Path(connection_file), emptied) + ["--ro-bind", connection_file, connection_file]
-    limits = [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid), str(KERNEL_NICENESS)]
-    # ipykernel would take the pid namespace for its parent exiting; --die-with-parent covers that instead.
-    return command + ["--unsetenv", "JPY_PARENT_PID", "--setenv", "HOME", "/tmp", "--chdir", str(here), sys.executable, "-c", INSIDE, connection_file, *limits]
+    outbox = Path(os.environ["COURSE_GRADING_OUTBOX"])
+    identity, limits = identity_and_limits("kernel", cpus, [scratch, outbox, sockets], [connection_file])
+    binds = [(scratch, here), (outbox, outbox), (sockets, sockets)]
+    command = allow_list(identity, binds, [(Path(connection_file), Path(connection_file))])
+    program = [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file]
+    return command + ["--chdir", str(here), sys.executable, "-c", INSIDE, *limits, *program]
 
 
-# The inner stage runs inside the sandbox, where autograder/ (this file) is hidden: it is passed as code.
-# argv: connection file, the limits on address space, processes and file size, the user id to take (0: keep),
-# and the niceness.
+def harness_command(jobs: Path, cpus: float) -> list[str]:
+    """The bwrap command line of a worker's clean second pass (harness_zygote.py), working in `jobs`."""
+    output = Path(os.environ["GRADING_OUTPUT"]).resolve()
+    if not jobs.resolve().is_relative_to(output / ".grading" / "harness"):
+        raise SystemExit(f"sandbox.py: a harness works under {output / '.grading' / 'harness'}, not {jobs}")
+    identity, limits = identity_and_limits("harness", cpus, [jobs], [])
+    inside = Path("/grading-harness")
+    code = [(HERE / name, inside / name) for name in ("harness_zygote.py", "from_scratch.py") if (HERE / name).exists()]
+    command = allow_list(identity, [(jobs, jobs)], code)
+    program = [sys.executable, "-I", "-B", str(inside / "harness_zygote.py"), "--in-sandbox"]
+    return command + ["--chdir", str(jobs), sys.executable, "-c", INSIDE, *limits, *program]
+
+
+# The inner stage runs inside the sandbox, where autograder/ (this file) is not shown: it is passed as code.
+# argv: the limits on address space, processes and file size, the user id to take (0: keep), the niceness,
+# then the program to run.
 INSIDE = """
 import os, resource, sys
-connection_file, memory, processes, file_size, uid, niceness = sys.argv[1], *map(int, sys.argv[2:7])
+memory, processes, file_size, uid, niceness = map(int, sys.argv[1:6])
 limits = [(resource.RLIMIT_AS, memory), (resource.RLIMIT_NPROC, processes), (resource.RLIMIT_FSIZE, file_size), (resource.RLIMIT_CORE, 0)]
 for limit, value in limits:
     resource.setrlimit(limit, (value, value))
 os.nice(niceness)
-try:  # the kernel leads a session of its own, so the scheduler also weighs its session group: lower that too
+try:  # the process leads a session of its own, so the scheduler also weighs its session group: lower that too
     with open("/proc/self/autogroup", "w") as autogroup:
         autogroup.write(str(niceness))
 except OSError:
     pass
-quiet = os.open(os.devnull, os.O_WRONLY)  # ipykernel prints a connection banner when no frontend is its parent
-os.dup2(quiet, 1)
+# ipykernel prints a connection banner when no frontend is its parent; and what a kernel writes to its own
+# stdout and stderr must not reach the grader's log (forged "FAILED" lines): cells' output goes through ipykernel.
+# (The harness keeps its stdin and stdout: they are its channel to the grader, and it hides them itself.)
+quiet = os.open(os.devnull, os.O_WRONLY)
+if "ipykernel_launcher" in sys.argv:
+    os.dup2(quiet, 1)
+os.dup2(quiet, 2)
+os.closerange(3, 65536)  # no descriptor of the grader's reaches the sandbox
 if uid:
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)  # from root to another id: every capability goes too
-os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file])
+os.execv(sys.argv[6], sys.argv[6:])
 """
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Start a graded IPython kernel in a sandbox.")
-    parser.add_argument("connection_file")
+    parser = argparse.ArgumentParser(description="Start a graded IPython kernel, or a worker's clean second pass, in a sandbox.")
+    parser.add_argument("connection_file", nargs="?", help="the kernel's connection file (from jupyter_client)")
+    parser.add_argument("--harness", type=Path, help="start the clean second pass working in this folder instead")
     parser.add_argument("--cpus", type=float, default=1.0, help="the CPU quota of the kernel as a whole, in cores (with cgroups)")
     arguments = parser.parse_args()
-    command = sandbox_command(arguments.connection_file, arguments.cpus)
+    if arguments.harness:
+        command = harness_command(arguments.harness, arguments.cpus)
+    else:
+        command = sandbox_command(arguments.connection_file, arguments.cpus)
     os.execvp(command[0], command)

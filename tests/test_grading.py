@@ -60,7 +60,11 @@ try:
     print("NETWORK REACHED")
 except OSError as error:
     print("no network:", error)
-print("can see:", sorted(os.listdir(os.path.join(os.path.dirname(shared.__file__), "..", "autograder"))))"""
+try:
+    seen = sorted(os.listdir(os.path.join(os.path.dirname(shared.__file__), "..", "autograder")))
+except FileNotFoundError:  # the sandbox shows only what it allows: autograder/ is not even there
+    seen = []
+print("can see:", seen)"""
 
 FORK_BOMB = "import os\nwhile True:\n    os.fork()"
 IGNORES_INTERRUPTS = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
@@ -164,7 +168,7 @@ def test_every_submission_gets_exactly_its_grade(graded):
         "kernel_dies": FULL - 1,  # only the cell that killed the kernel scores 0
         "not_json": 0.0,
         "one_wrong": FULL - 5,  # exactly rnn_forward's points
-        "patches_checks": 0.0,
+        "patches_checks": FULL - 5,  # the patch runs in the kernel only: the second pass grades the answers as they are
         "cheats_rnn_step": FULL - 10,  # rnn_step's hidden checks fail, and rnn_forward's, which calls it
         "reaches_out": FULL,
         "memory_bomb": FULL,  # the allocation fails in its own cell; nothing else is affected
@@ -206,12 +210,12 @@ def test_a_known_mistake_is_named_in_the_notes_and_the_feedback(graded):
 
 def test_hidden_checks_are_scored_outside_the_kernel(graded):
     patched = cell_rows(graded["first"], "patches_checks")
-    assert all(float(row["score"]) == 0 for row in patched.values())
-    # The notebook imported `compare` before the patch, so the nn.RNN comparison still catches rnn_forward.
+    # The patching cell is the student's own: the second pass does not run it, and the wrong rnn_forward fails there.
+    # (In the kernel, the notebook imported `compare` before the patch, so the nn.RNN comparison catches it too.)
     assert patched.pop("test_rnn_forward")["note"].startswith("CheckFailed: Check 'rnn_forward vs nn.RNN'")
-    assert all(row["note"].startswith("HiddenCheckFailed: hidden check") and row["note"].endswith("did not run") for row in patched.values())
+    assert all(float(row["score"]) == float(row["max_score"]) for row in patched.values())
     cheat = cell_rows(graded["first"], "cheats_rnn_step")
-    assert cheat["test_rnn_step"]["note"].startswith("HiddenCheckFailed: hidden check 'rnn_step/101': the output has the wrong shape")
+    assert cheat["test_rnn_step"]["note"] == "HiddenCheckFailed: hidden check 'rnn_step/101': the result has the wrong shape (got (3, 5))"
     assert float(cheat["test_lstm_step"]["score"]) == 5.0
 
 
@@ -289,5 +293,6 @@ def test_feedback_is_written_without_hidden_tests(graded):
         html = (graded["first"] / "feedback" / student / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
         assert [code for code in hidden_code if code in html] == [], student
     feedback = (graded["first"] / "feedback/one_wrong" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
-    assert re.search(r"CheckFailed: Check (&#39;|')rnn_forward(&#39;|'): output\[(&#39;|')outputs", feedback)
+    # The whole traceback is shown (the kernel ran no hidden code): its error line is coloured, so tags may split it.
+    assert re.search(r"CheckFailed(</span>)?: Check (&#39;|')rnn_forward(&#39;|'): output\[(&#39;|')outputs", feedback)
 

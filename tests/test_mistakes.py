@@ -85,7 +85,7 @@ def test_hidden_checks_name_the_mistake_in_the_grade_note(tmp_path):
     import sys
 
     sys.path.insert(0, str(ROOT / "autograder"))
-    from grade import hidden_check_failures
+    from grade import hidden_check_verdicts
 
     hidden_mistakes = torch.load(ROOT / "autograder/references/07_gpt.mistakes.pt", weights_only=True)
     hidden = torch.load(ROOT / "autograder/references/07_gpt.pt", weights_only=True)
@@ -93,5 +93,5 @@ def test_hidden_checks_name_the_mistake_in_the_grade_note(tmp_path):
     for index, (other, reference) in enumerate(hidden.items()):
         value = entries[0]["value"] if other == name else reference["value"]
         torch.save({"name": other, "value": value}, tmp_path / f"{index:05d}.pt")
-    failures = hidden_check_failures("07_gpt", tmp_path)
-    assert list(failures.values()) == [f"hidden check '{name}': " + mistake_message(name, entries[0]).removeprefix(f"Check '{name}': ").replace("\n  ", " ").strip()]
+    failures = [note for note in hidden_check_verdicts("07_gpt", tmp_path).values() if note]
+    assert failures == [f"hidden check '{name}': " + mistake_message(name, entries[0]).removeprefix(f"Check '{name}': ").replace("\n  ", " ").strip()]

@@ -62,6 +62,40 @@ def solution_namespace(assignment: str, cell_ids: list[str], namespace: dict | N
     return namespace
 
 
+NOT_ALLOWED = "# Not allowed here (write it yourself): "
+NOT_ALLOWED_MORE = "#   "
+NOTE_WIDTH = 110
+
+
+def forbidden(cell) -> list[str]:
+    """The dotted names a solution cell's exercise may not use (its metadata course.forbidden), [] if none."""
+    return list(cell.get("metadata", {}).get("course", {}).get("forbidden", []))
+
+
+def forbidden_note(names: list[str]) -> str:
+    """The comment lines that tell students what a cell may not use ('' for no names), wrapped at NOTE_WIDTH."""
+    if not names:
+        return ""
+    lines, line = [], NOT_ALLOWED
+    for i, name in enumerate(names):
+        item = name + ("," if i < len(names) - 1 else "")
+        if line not in (NOT_ALLOWED, NOT_ALLOWED_MORE) and len(line) + 1 + len(item) > NOTE_WIDTH:
+            lines.append(line.rstrip())
+            line = NOT_ALLOWED_MORE
+        line += item if line in (NOT_ALLOWED, NOT_ALLOWED_MORE) else " " + item
+    return "\n".join([*lines, line]) + "\n"
+
+
+def with_forbidden_note(source: str, names: list[str]) -> str:
+    """`source` with its leading note (if any) replaced by forbidden_note(names)."""
+    lines = source.splitlines(keepends=True)
+    if lines and lines[0].startswith(NOT_ALLOWED):
+        lines.pop(0)
+        while lines and lines[0].startswith(NOT_ALLOWED_MORE):
+            lines.pop(0)
+    return forbidden_note(names) + "".join(lines)
+
+
 @dataclass(frozen=True)
 class Mistake:
     """A mistake students make, written as an edit of one solution cell (autograder/mistakes/<assignment>.toml)."""
