@@ -772,6 +772,7 @@ def main() -> int:
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        shutil.rmtree(output / ".grading" / "harness", ignore_errors=True)  # the workers' second-pass folders
     if sandboxed and os.geteuid() == 0:
         import isolation
 

@@ -105,24 +105,31 @@ def wait_for(pid: int, seconds: float, progress: int) -> tuple[str, int | None]:
 
     Returns how it ended and the index of the last cell it started (None if it said nothing readable).
     """
-    handle, said, deadline = os.pidfd_open(pid), b"", time.monotonic() + seconds
-    watched = [handle, progress]
+    # Linux tells when a child ends through a descriptor; elsewhere (macOS, no sandbox) look every 50 ms.
+    handle = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    said, deadline, status = b"", time.monotonic() + seconds, None
+    watched = [fd for fd in (handle, progress) if fd is not None]
     try:
-        while True:
-            ready, _, _ = select.select(watched, [], [], max(0.0, deadline - time.monotonic()))
+        while status is None:
+            left = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select(watched, [], [], left if handle is not None else min(left, 0.05))
             if progress in ready:
                 chunk = os.read(progress, 65536)
                 said = (said + chunk)[-64:]  # only the last line matters; the rest is drained so the child never blocks
                 if not chunk:
-                    watched = [handle]  # closed: by its end, or by the child itself
-            if handle in ready or not ready:
+                    watched = [fd for fd in watched if fd != progress]  # closed: by its end, or by the child itself
+            if handle is None or handle in ready:
+                done, code = os.waitpid(pid, os.WNOHANG)
+                status = code if done else None
+            if status is None and time.monotonic() >= deadline:
                 break
-        late = handle not in ready
+        late = status is None
         if late:
             os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+            _, status = os.waitpid(pid, 0)
     finally:
-        os.close(handle)
+        if handle is not None:
+            os.close(handle)
     lines = said.decode(errors="replace").split("\n")
     last = lines[-2] if len(lines) > 1 else ""
     started = int(last) if last.isdigit() else None
@@ -215,7 +222,10 @@ def main() -> None:
     quiet = os.open(os.devnull, os.O_RDWR)
     for descriptor in (0, 1, 2):  # what a child prints goes nowhere
         os.dup2(quiet, descriptor)
-    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # a child of the same user cannot read this process's memory
+    try:  # a child of the same user cannot read this process's memory (Linux)
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except AttributeError:
+        pass
     os.environ["MPLBACKEND"] = "Agg"
     import matplotlib.pyplot  # noqa: F401  (what the course's cells import, loaded once)
     import torch  # noqa: F401
