@@ -469,6 +469,7 @@ def autograde_and_score(assignment: str, student: str) -> str:
     if refused:
         note_refused_files(assignment, student, refused)
     grant_points(assignment, student, second_pass(assignment, grading / "staged" / student / assignment))
+    shutil.rmtree(grading / "staged" / student / assignment, ignore_errors=True)  # graded: the copy is not needed again
     keep_reviewed_answers(assignment, student, reviewed, answers_file)
     feedback = generate_feedback(_API, assignment, student)
     return "" if feedback["success"] else "feedback failed: " + first_error_line(feedback.get("error", ""))
