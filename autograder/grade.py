@@ -193,13 +193,15 @@ def needs_a_look(autograded_dir: Path, assignment: str) -> dict[tuple[str, str],
     looks = {}
     for path in sorted(autograded_dir.glob("*.ipynb")):
         cells = nbformat.read(path, as_version=4).cells
+        source_cells = nbformat.read(HERE.parent / "solutions" / assignment / path.name, as_version=4).cells
+        courses = {c.source for c in source_cells if cell_kind(c) == "course"}  # the course's own unlocked cells, as given
         context = "\n".join(c.source for c in cells if cell_kind(c) == "given")
         answers, added = {}, []
         for cell in cells:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
             if cell_kind(cell) == "solution" and grade_id:
                 answers[grade_id] = static_flags(cell.source, rules.get(grade_id, []), context=context)
-            elif cell_kind(cell) == "course" and not grade_id:
+            elif cell_kind(cell) == "course" and not grade_id and cell.source not in courses:
                 added += [f"a cell of the student's: {flag}" for flag in static_flags(cell.source, everything, context=context)]
         for cell in cells:
             if cell_kind(cell) == "test" and cell.metadata.get("nbgrader", {}).get("grade_id"):
