@@ -36,6 +36,9 @@ FIRST_UID = 200_000  # ids no account uses; a kernel takes FIRST_UID + its launc
 FILE_BYTES = 256 * 2**20
 SCRATCH_BYTES = 512 * 2**20  # each of the in-memory folders (/tmp, /home) holds at most this much
 KERNEL_NICENESS = 10  # the grader's own processes come first
+# This interpreter as the sandbox shows it: through the environment's real folder, for the path grading was started
+# with may pass through a link the sandbox does not show (a checkout whose .venv links to another one's).
+PYTHON = Path(sys.prefix).resolve() / "bin" / Path(sys.executable).name
 
 
 def tasks_of_this_user() -> int:
@@ -145,7 +148,7 @@ def allow_list(identity: list[str], binds: list[tuple[Path, Path]], read_only: l
     for source, target in read_only:
         command += passable_parents(target, root) + ["--ro-bind", str(source), str(target)]
     command += ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-                "--setenv", "PATH", f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"]
+                "--setenv", "PATH", f"{PYTHON.parent}:/usr/local/bin:/usr/bin:/bin"]
     for name in KERNEL_VARIABLES:
         if name in os.environ:
             command += ["--setenv", name, os.environ[name]]
@@ -166,8 +169,8 @@ def sandbox_command(connection_file: str, cpus: float) -> list[str]:
     identity, limits = identity_and_limits("kernel", cpus, [scratch, outbox, sockets], [connection_file])
     binds = [(scratch, here), (outbox, outbox), (sockets, sockets)]
     command = allow_list(identity, binds, [(Path(connection_file), Path(connection_file))])
-    program = [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file]
-    return command + ["--chdir", str(here), sys.executable, "-c", INSIDE, *limits, *program]
+    program = [str(PYTHON), "-m", "ipykernel_launcher", "-f", connection_file]
+    return command + ["--chdir", str(here), str(PYTHON), "-c", INSIDE, *limits, *program]
 
 
 def harness_command(jobs: Path, cpus: float) -> list[str]:
@@ -179,8 +182,8 @@ def harness_command(jobs: Path, cpus: float) -> list[str]:
     inside = Path("/grading-harness")
     code = [(HERE / name, inside / name) for name in ("harness_zygote.py", "from_scratch.py") if (HERE / name).exists()]
     command = allow_list(identity, [(jobs, jobs)], code)
-    program = [sys.executable, "-I", "-B", str(inside / "harness_zygote.py"), "--in-sandbox"]
-    return command + ["--chdir", str(jobs), sys.executable, "-c", INSIDE, *limits, *program]
+    program = [str(PYTHON), "-I", "-B", str(inside / "harness_zygote.py"), "--in-sandbox"]
+    return command + ["--chdir", str(jobs), str(PYTHON), "-c", INSIDE, *limits, *program]
 
 
 # The inner stage runs inside the sandbox, where autograder/ (this file) is not shown: it is passed as code.
