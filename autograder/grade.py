@@ -279,11 +279,12 @@ def second_pass(assignment: str, submission: Path) -> dict[str, str | None]:
     global _HARNESS
     if _HARNESS is None:
         root = Path(os.environ["GRADING_OUTPUT"]) / ".grading" / "harness" / str(os.getpid())
-        _HARNESS = harness.Harness(root, float(os.environ.get("OMP_NUM_THREADS", "1")), sandboxed=bool(os.environ.get("GRADING_KERNEL")))
+        rules = {f"{name}/{grade_id}": names for name in course_assignments() for grade_id, names in from_scratch_rules(name).items()}
+        _HARNESS = harness.Harness(root, float(os.environ.get("OMP_NUM_THREADS", "1")), bool(os.environ.get("GRADING_KERNEL")), rules)
     limits = _API.config.ResilientExecute
     cells = harness.clean_run_cells(HERE.parent / "solutions" / assignment / f"{assignment}.ipynb", submission / f"{assignment}.ipynb")
     forbidden = from_scratch_rules(assignment)
-    folder, ended = _HARNESS.run(cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit), forbidden)
+    folder, ended = _HARNESS.run(assignment, cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit))
     try:
         verdicts = hidden_check_verdicts(assignment, folder / "outbox")
         report = harness.read_report(folder / "report.json")
@@ -297,6 +298,11 @@ def second_pass(assignment: str, submission: Path) -> dict[str, str | None]:
         elif note and ended != "ended":
             verdicts[grade_id] = f"{note} (the grading run of the answers {ended})"
     return verdicts
+
+
+def course_assignments() -> list[str]:
+    """The assignments in solutions/."""
+    return sorted(p.name for p in (HERE.parent / "solutions").iterdir() if (p / f"{p.name}.ipynb").exists())
 
 
 @functools.cache
@@ -540,7 +546,15 @@ def pending(pairs: list[tuple[str, str]], submitted: Path, output: Path, force: 
 
 def preload(assignments: list[str]) -> None:
     """Import in this process what every worker needs, so workers forked from it start with it loaded."""
-    from shared import checks  # noqa: F401  (imports torch)
+    import torch
+    from shared import checks
+
+    # torch.testing initialises itself on first use (half a second): do it here, once, not in each scoring child.
+    for got in (torch.zeros(2), torch.ones(2)):
+        try:
+            checks.compare("warm-up", got, torch.zeros(2), rtol=0.0, atol=0.0)
+        except checks.CheckFailed:
+            pass
 
     for assignment in assignments:
         try:

@@ -109,8 +109,9 @@ def clean_run_cells(source_notebook: Path, submitted_notebook: Path) -> list[dic
 class Harness:
     """A worker's sandboxed zygote (harness_zygote.py), started on first use and again after any trouble."""
 
-    def __init__(self, root: Path, cpus: float, sandboxed: bool):
-        self.root, self.cpus, self.sandboxed = root, cpus, sandboxed
+    def __init__(self, root: Path, cpus: float, sandboxed: bool, rules: dict[str, list[str]]):
+        """`rules`: the from-scratch rule of every assignment, {"<assignment>/<answer grade_id>": [forbidden built-ins]}."""
+        self.root, self.cpus, self.sandboxed, self.rules = root, cpus, sandboxed, rules
         self.process: subprocess.Popen | None = None
         self.jobs = itertools.count(1)
 
@@ -123,6 +124,8 @@ class Harness:
             command = [sys.executable, "-I", "-B", str(HERE / "harness_zygote.py")]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         cwd=self.root, text=True, bufsize=1, start_new_session=True)
+        self.process.stdin.write(json.dumps({"guard": self.rules}) + "\n")
+        self.process.stdin.flush()
         if self._reply(STARTUP_SECONDS) != {"ready": True}:
             self.close()
             raise RuntimeError("the clean second pass could not start")
@@ -144,7 +147,7 @@ class Harness:
 
         return sandbox.FIRST_UID + self.process.pid if self.sandboxed and os.geteuid() == 0 else None
 
-    def run(self, cells: list[dict], files: Path, limits: dict, forbidden: dict | None = None) -> tuple[Path, str]:
+    def run(self, assignment: str, cells: list[dict], files: Path, limits: dict) -> tuple[Path, str]:
         """Run `cells` in a fresh child, in a copy of the regular files of `files`; returns (the job's folder, how it ended).
 
         The job's folder holds `outbox/` (the hidden-check values) and `report.json` (each cell's status).
@@ -164,7 +167,8 @@ class Harness:
                 os.chown(path, uid, uid, follow_symlinks=False)
         job = {"id": number, "folder": str(folder), "report": str(folder / "report.json"), "cells": cells,
                "environment": {"COURSE_GRADING_OUTBOX": str(folder / "outbox"), "NBGRADER_EXECUTION": "autograde"},
-               "forbidden": forbidden or {}, **limits}
+               "assignment": assignment, "forbidden": {key.split("/", 1)[1]: names for key, names in self.rules.items()
+                                                        if key.startswith(assignment + "/")}, **limits}
         try:
             self.process.stdin.write(json.dumps(job) + "\n")
             self.process.stdin.flush()

@@ -62,12 +62,8 @@ def run_cells(job: dict, skipped: set[int], progress: int) -> None:
     os.environ.update(job["environment"])
     signal.signal(signal.SIGPROF, _limit_reached)
     signal.signal(signal.SIGALRM, _limit_reached)
-    guard, forbidden = None, job.get("forbidden") or {}
-    if forbidden:  # before any of the submission's code: the from-scratch rule (from_scratch.py)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import from_scratch
-
-        guard = from_scratch.install_guard(forbidden)
+    forbidden = job.get("forbidden") or {}
+    from_scratch = sys.modules.get("from_scratch")  # imported, and its guard installed, by the zygote (main)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__, "get_ipython": NoIPython, "display": lambda *a, **k: None}
     statuses, aliases = [], []
     for index, cell in enumerate(job["cells"]):
@@ -79,7 +75,9 @@ def run_cells(job: dict, skipped: set[int], progress: int) -> None:
         signal.setitimer(signal.ITIMER_PROF, job["cell_cpu_seconds"])
         signal.setitimer(signal.ITIMER_REAL, job["cell_wall_seconds"])
         try:
-            exec(compile(cell["source"], f"<{cell['kind']} {cell['grade_id']}>", "exec"), namespace)
+            # An answer's filename names its assignment too: the one guard covers every assignment's rules.
+            name = f"{job['assignment']}/{cell['grade_id']}" if cell["kind"] == "solution" else cell["grade_id"]
+            exec(compile(cell["source"], f"<{cell['kind']} {name}>", "exec"), namespace)
             status = "ok"
         except BaseException as error:  # a cell's failure is its own: the cells below still run
             status = f"{type(error).__name__}: {str(error)[:200]}"
@@ -87,7 +85,7 @@ def run_cells(job: dict, skipped: set[int], progress: int) -> None:
             signal.setitimer(signal.ITIMER_PROF, 0)
             signal.setitimer(signal.ITIMER_REAL, 0)
         statuses.append({"grade_id": cell["grade_id"], "kind": cell["kind"], "status": status})
-        if guard is not None and cell["kind"] == "solution" and cell["grade_id"] in forbidden:
+        if from_scratch is not None and cell["kind"] == "solution" and cell["grade_id"] in forbidden:
             # A name the answer bound straight to a built-in (`rnn_step = torch.rnn_tanh_cell`) runs no code of the
             # student's when called: replace it by one that refuses, so the checks that use it fail.
             bound = [name for name, value in namespace.items() if before.get(name, _UNBOUND) is not value]
@@ -95,6 +93,7 @@ def run_cells(job: dict, skipped: set[int], progress: int) -> None:
                 name = finding.split(" ", 1)[0]
                 namespace[name] = _refusal(f"{cell['grade_id']}: {finding}", from_scratch.FromScratchViolation)
                 aliases.append(f"{cell['grade_id']}: {finding}")
+    guard = getattr(from_scratch, "GUARD", None)
     violations = list(getattr(guard, "violations", [])) + aliases
     with open(job["report"], "w") as report:  # for notes only: the child could have written anything here
         json.dump({"cells": statuses, "violations": violations}, report)
@@ -237,6 +236,14 @@ def main() -> None:
         replies.write(json.dumps(message) + "\n")
         replies.flush()
 
+    # The from-scratch rule of every assignment ({"<assignment>/<answer grade_id>": [built-ins]}), installed once here
+    # (it takes a while: it wraps the built-ins wherever torch publishes them) and inherited by every child.
+    rules = json.loads(requests.readline() or "{}").get("guard") or {}
+    if rules and os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "from_scratch.py")):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import from_scratch
+
+        from_scratch.GUARD = from_scratch.install_guard(rules)
     reply({"ready": True})
     for line in requests:
         job = json.loads(line)
