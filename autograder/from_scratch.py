@@ -524,8 +524,9 @@ class Guard:
     """
 
     def __init__(self, forbidden: dict[str, list[str]], cell_of: Callable[[str], str | None] = solution_cell,
-                 on_violation: Callable[[str], None] | None = None):
+                 on_violation: Callable[[str], None] | None = None, watch_originals: bool = True):
         self.forbidden = {cell: frozenset(names) for cell, names in forbidden.items() if names}
+        self.watch_originals = watch_originals  # the profile function: it only records, and costs every call
         self.cell_of = cell_of
         self.on_violation = on_violation
         self.violations: list[str] = []
@@ -598,8 +599,9 @@ class Guard:
         profile = self._make_profile(python_codes, builtins, methods, tuple(guarded_globals), raw_start)
         protected.append(self._guard_thread_starts(raw_start, profile))
         hook = self._make_audit_hook(profile, [*protected, profile])
-        sys.setprofile(profile)
-        threading.setprofile(profile)
+        if self.watch_originals:
+            sys.setprofile(profile)
+            threading.setprofile(profile)
         sys.addaudithook(hook)
         return self
 
@@ -753,9 +755,13 @@ class Guard:
 
 
 def install_guard(forbidden: dict[str, list[str]], cell_of: Callable[[str], str | None] = solution_cell,
-                  on_violation: Callable[[str], None] | None = None) -> Guard:
-    """Install a Guard for this process (for good: it cannot be removed) and return it; its .violations fill as cells run."""
-    return Guard(forbidden, cell_of, on_violation).install()
+                  on_violation: Callable[[str], None] | None = None, watch_originals: bool = True) -> Guard:
+    """Install a Guard for this process (for good: it cannot be removed) and return it; its .violations fill as cells run.
+
+    watch_originals=False leaves out the profile function, which only records (and slows every call): the wrappers,
+    which raise, and the audit hook stay.
+    """
+    return Guard(forbidden, cell_of, on_violation, watch_originals).install()
 
 
 def _python_codes(obj: object) -> list[types.CodeType]:
