@@ -271,9 +271,8 @@ def hidden_check_verdicts(assignment: str, outbox: Path) -> dict[str, str | None
     return scoring.score_hidden_checks(scoring.read_outbox(outbox), cells, references, mistakes)
 
 
-def second_pass(assignment: str, submission: Path) -> dict[str, str | None]:
-    """Run the submission's answers with the course's test cells in the clean harness (harness.py) and score what its
-    hidden checks sent: {test cell grade_id: None if they all passed, else why not}."""
+def start_second_pass(assignment: str, submission: Path) -> dict:
+    """Start running the submission's answers with the course's test cells in the clean harness (harness.py)."""
     import harness
 
     global _HARNESS
@@ -283,13 +282,20 @@ def second_pass(assignment: str, submission: Path) -> dict[str, str | None]:
         _HARNESS = harness.Harness(root, float(os.environ.get("OMP_NUM_THREADS", "1")), bool(os.environ.get("GRADING_KERNEL")), rules)
     limits = _API.config.ResilientExecute
     cells = harness.clean_run_cells(HERE.parent / "solutions" / assignment / f"{assignment}.ipynb", submission / f"{assignment}.ipynb")
-    forbidden = from_scratch_rules(assignment)
-    folder, ended = _HARNESS.run(assignment, cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit))
+    return _HARNESS.start(assignment, cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit))
+
+
+def finish_second_pass(assignment: str, job: dict) -> dict[str, str | None]:
+    """Wait for the second pass and score what its hidden checks sent: {test cell grade_id: None if all passed, else why not}."""
+    import harness
+
+    folder, ended = _HARNESS.finish(job)
     try:
         verdicts = hidden_check_verdicts(assignment, folder / "outbox")
         report = harness.read_report(folder / "report.json")
     finally:
         harness.remove(folder)
+    forbidden = from_scratch_rules(assignment)
     raised = {cell["grade_id"]: harness.error_summary(cell["status"], forbidden) for cell in report.get("cells", [])
               if cell.get("kind") == "test" and cell.get("status") != "ok"}
     for grade_id, note in verdicts.items():
@@ -469,14 +475,17 @@ def autograde_and_score(assignment: str, student: str) -> str:
     if not (grading / "staged" / student / assignment / f"{assignment}.ipynb").is_file():
         why = next((note for note in refused if note.startswith((f"{assignment}.ipynb ", assignment + " "))), "")
         return f"no notebook {assignment}.ipynb to grade" + (f": {why}" if why else "")
+    # The second pass runs while nbgrader runs the kernel: each fills the other's waits.
+    second = start_second_pass(assignment, grading / "staged" / student / assignment)
     with temp_attrs(_API.coursedir, submitted_directory=str(grading / "staged")):
         result = _API.autograde(assignment, student, force=True, create=True)
+    verdicts = finish_second_pass(assignment, second)
     shutil.rmtree(scratch, ignore_errors=True)  # what the kernel wrote is not kept, nor shown in feedback
     if not result["success"]:
         return first_error_line(result.get("error", "") + "\n" + result.get("log", ""))
     if refused:
         note_refused_files(assignment, student, refused)
-    grant_points(assignment, student, second_pass(assignment, grading / "staged" / student / assignment))
+    grant_points(assignment, student, verdicts)
     shutil.rmtree(grading / "staged" / student / assignment, ignore_errors=True)  # graded: the copy is not needed again
     keep_reviewed_answers(assignment, student, reviewed, answers_file)
     feedback = generate_feedback(_API, assignment, student)

@@ -147,10 +147,11 @@ class Harness:
 
         return sandbox.FIRST_UID + self.process.pid if self.sandboxed and os.geteuid() == 0 else None
 
-    def run(self, assignment: str, cells: list[dict], files: Path, limits: dict) -> tuple[Path, str]:
-        """Run `cells` in a fresh child, in a copy of the regular files of `files`; returns (the job's folder, how it ended).
+    def start(self, assignment: str, cells: list[dict], files: Path, limits: dict) -> dict:
+        """Start running `cells` in a fresh child, in a copy of the regular files of `files`; returns the job, for finish().
 
-        The job's folder holds `outbox/` (the hidden-check values) and `report.json` (each cell's status).
+        The job's folder holds `outbox/` (the hidden-check values) and `report.json` (each cell's status). The child runs
+        while the grader does other work (nbgrader running the student's kernel): finish() waits for it.
         """
         if self.process is None or self.process.poll() is not None:
             self._start()
@@ -172,14 +173,20 @@ class Harness:
         try:
             self.process.stdin.write(json.dumps(job) + "\n")
             self.process.stdin.flush()
+            job["sent"] = time.monotonic()
         except OSError:
             self.close()
+        return job
+
+    def finish(self, job: dict) -> tuple[Path, str]:
+        """Wait for a started job; returns (the job's folder, how its child ended)."""
+        folder = Path(job["folder"])
+        if "sent" not in job or self.process is None:
             return folder, "the second pass stopped"
-        started = time.monotonic()
-        reply = self._reply(limits["wall_seconds"] + 60)
-        if reply is None or reply.get("job") != number:
+        reply = self._reply(max(0.0, job["sent"] + job["wall_seconds"] + 60 - time.monotonic()))
+        if reply is None or reply.get("job") != job["id"]:
             self.close()
-            return folder, f"the second pass stopped after {time.monotonic() - started:.0f} s"
+            return folder, f"the second pass stopped after {time.monotonic() - job['sent']:.0f} s"
         if not reply.get("clean"):
             self.close()  # something it could not wipe: the next submission gets a fresh sandbox
         return folder, reply["ended"]
