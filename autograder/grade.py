@@ -773,7 +773,7 @@ def main() -> int:
               " read files such as autograder/references/. Install bubblewrap to grade a real class.", file=sys.stderr)
     print(f"Isolation: {isolation_in_force(sandboxed, cpus_per_kernel)}.", flush=True)
     pairs = [pair for pair in find_submissions(submitted) if not args.assignment or pair[0] in args.assignment]
-    known = {p.name for p in (HERE.parent / "solutions").iterdir() if p.is_dir()}
+    known = set(course_assignments())
     unknown = sorted({assignment for assignment, _ in pairs} - known)
     if unknown:
         print(f"Skipping folders that are not assignments in solutions/: {', '.join(unknown)}", file=sys.stderr)
