@@ -5,10 +5,12 @@ nbgrader's layout, <submissions>/<student>/<assignment>/<notebook>.ipynb. Each s
 graded on its own: one that cannot be graded (invalid JSON, ...) gets 0 with the reason written
 down, and the run goes on.
 
-Hidden checks are scored here, not in the student's kernel: while nbgrader runs a submission, its
-hidden checks only write their values to an outbox folder; afterwards this script compares them
-with autograder/references/<assignment>.pt and gives 0 to every test cell with a hidden check that
-failed or never ran (autograder/references/<assignment>.cells.json maps checks to cells).
+Hidden checks are scored here, never in the student's kernel, which does not even receive them: while
+nbgrader runs a submission's notebook for its outputs and visible checks, a clean second pass
+(harness.py) runs its answers with the course's test cells, and its hidden checks only write their
+values to an outbox folder. This script compares them with autograder/references/<assignment>.pt and
+gives 0 to every test cell with a hidden check that failed or never ran
+(autograder/references/<assignment>.cells.json maps checks to cells).
 
 Submissions are graded by --workers processes at once, all writing to nbgrader's one SQLite
 gradebook. After a submission is graded, a fingerprint of everything its grade depends on (the
@@ -461,10 +463,6 @@ def autograde_and_score(assignment: str, student: str) -> str:
     from nbgrader.utils import temp_attrs
 
     grading = Path(os.environ["GRADING_OUTPUT"]) / ".grading"
-    outbox = grading / "outbox" / assignment / student
-    shutil.rmtree(outbox, ignore_errors=True)
-    outbox.mkdir(parents=True)
-    os.environ["COURSE_GRADING_OUTBOX"] = str(outbox)  # the kernel nbgrader starts inherits it
     scratch = grading / "scratch" / assignment / student  # the kernel's working folder (sandbox.py)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)

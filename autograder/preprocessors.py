@@ -39,7 +39,7 @@ MAX_IMAGE_CHARACTERS = 2_000_000  # an image (base64): a large matplotlib figure
 MAX_OUTPUTS_PER_CELL = 100
 MAX_NOTEBOOK_OUTPUT_CHARACTERS = 20_000_000
 CPU_POLL_SECONDS = 0.5
-# What a kernel may add to its folders on disk (its working folder and its hidden-check outbox) in one cell.
+# What a kernel may add to its working folder on disk in one cell.
 WRITE_QUOTA_BYTES = 512 * 2**20
 WRITE_QUOTA_ENTRIES = 10_000
 KERNEL_DIED = (
@@ -174,8 +174,8 @@ class ResilientExecute(Execute):
         self._notebook_output_characters, self._printed = 0, {}
         # The folders the sandbox lets the kernel write to on disk (sandbox.py), held to a quota per cell.
         working = os.environ.get("COURSE_GRADING_SCRATCH") if os.environ.get("GRADING_KERNEL") else None
-        folders = [working or (resources or {}).get("metadata", {}).get("path"), os.environ.get("COURSE_GRADING_OUTBOX")]
-        self._writable = [Path(folder) for folder in folders if folder]
+        folder = working or (resources or {}).get("metadata", {}).get("path")
+        self._writable = [Path(folder)] if folder else []
         return super().preprocess(nb, resources, km)
 
     def _remove_writes_over_quota(self) -> bool:

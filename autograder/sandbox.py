@@ -8,10 +8,10 @@ pid), because Linux exempts root from the process limit and a shared id would le
 bomb use up the others' limit; otherwise the user nobody in a user namespace, mapped to the grader.
 The instructor's folders (autograder/ with the hidden references, solutions/, .git/), all
 submissions, and the grading output (gradebook, other students' graded notebooks) are replaced by
-empty folders, except this submission's own folder and its hidden-check outbox. Limits: address
+empty folders, except this submission's own folder. Limits: address
 space ($GRADING_MEMORY_MB, default 4096), processes (256; as a normal user, 256 more than that
 user already runs), file size (256 MB), and 512 MB in each emptied folder; preprocessors.py holds
-what the kernel adds to its folders on disk (its working folder and outbox) to a quota per cell.
+what the kernel adds to its working folder on disk to a quota per cell.
 When grading as root on a machine with cgroups, the kernel as a whole (every process it starts,
 detached or not) also gets one group (isolation.py): a CPU quota of --cpus cores, the memory limit
 for all its processes together, and the process limit. Kernels run at a lower CPU priority (nice 10)
@@ -60,7 +60,7 @@ SYSTEM_FILES = (  # the few files of /etc that Python, its libraries and fonts r
     "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/fonts", "/etc/mime.types", "/etc/os-release",
 )
 # The only variables a kernel gets: what the course's code reads while grading. Nothing else of the grader's.
-KERNEL_VARIABLES = ("COURSE_GRADING_OUTBOX", "NBGRADER_EXECUTION", "OMP_NUM_THREADS", "COURSE_DATA_DIR", "GLOVE_DIR", "COURSE_DEVICE")
+KERNEL_VARIABLES = ("NBGRADER_EXECUTION", "OMP_NUM_THREADS", "COURSE_DATA_DIR", "GLOVE_DIR", "COURSE_DEVICE")
 
 
 def give_to(uid: int, writable: list[Path], files: list[str]) -> None:
@@ -78,7 +78,7 @@ def passable_parents(path: Path, emptied: list[Path]) -> list[str]:
     """bwrap arguments creating `path`'s parents inside an emptied folder as 0755 (bwrap makes them 0700).
 
     A kernel that has dropped to its own user id could not pass through 0700 parents owned by root:
-    its outbox under a hidden <repository>/.grading/ would then not exist for it.
+    the folders bound for it under a hidden <repository>/.grading/ would then not exist for it.
     """
     inside = [parent for parent in reversed(path.parents) if any(parent.is_relative_to(folder) and parent != folder for folder in emptied)]
     return [argument for parent in inside for argument in ("--perms", "0755", "--dir", str(parent))]
@@ -165,9 +165,8 @@ def sandbox_command(connection_file: str, cpus: float) -> list[str]:
         raise SystemExit(f"sandbox.py: a kernel's scratch folder is under {output / '.grading' / 'scratch'}, not {scratch}")
     prepare_scratch(scratch, here)
     sockets = Path(json.loads(Path(connection_file).read_text())["ip"]).parent  # ipc transport: "ip" is a path prefix
-    outbox = Path(os.environ["COURSE_GRADING_OUTBOX"])
-    identity, limits = identity_and_limits("kernel", cpus, [scratch, outbox, sockets], [connection_file])
-    binds = [(scratch, here), (outbox, outbox), (sockets, sockets)]
+    identity, limits = identity_and_limits("kernel", cpus, [scratch, sockets], [connection_file])
+    binds = [(scratch, here), (sockets, sockets)]
     command = allow_list(identity, binds, [(Path(connection_file), Path(connection_file))])
     program = [str(PYTHON), "-m", "ipykernel_launcher", "-f", connection_file]
     return command + ["--chdir", str(here), str(PYTHON), "-c", INSIDE, *limits, *program]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, make
-from submissions import insert_code_cell, read_csv, release_notebook, solution_sources, solved, submit
+from submissions import answer_cells, insert_code_cell, read_csv, release_notebook, solution_sources, solved, submit
 
 ASSIGNMENT = "03_rnn_lstm"
 FULL = 30.0
@@ -38,7 +38,10 @@ def answers_from(path: str) -> str:
 
 
 def outbox_junk(name: str) -> str:
-    """A cell writing values into the hidden-check outbox that used to break scoring: deep, exponential, a FIFO."""
+    """Code writing values into the hidden-check outbox that used to break scoring: deep, exponential, a FIFO.
+
+    The student's kernel has no outbox (it never runs hidden checks); the clean second pass, which runs answer cells,
+    has one, so in an answer cell this reaches the scorer."""
     return f'''import os, sys, time, torch
 outbox = os.environ.get("COURSE_GRADING_OUTBOX", ".")
 deep = 0
@@ -150,8 +153,11 @@ def red_team(tmp_path_factory):
     # root writing and reading through links the kernel plants in its folder
     submit(submissions, "plants_links", ASSIGNMENT, blank_with("setup", plants_links(str(victim))))
     # scoring that crashed, took exponential time or blocked on a FIFO
-    submit(submissions, "outbox_junk", ASSIGNMENT, insert_code_cell(solved(ASSIGNMENT), "test_lstm_lm", outbox_junk("rnn_step/101")))
-    submit(submissions, "deep_blank", ASSIGNMENT, blank_with("setup", outbox_junk("rnn_step/101")))
+    junk_in_an_answer = solution_sources(ASSIGNMENT)["rnn_step"] + "\n\n" + outbox_junk("rnn_step/101")
+    submit(submissions, "outbox_junk", ASSIGNMENT, solved(ASSIGNMENT, {"rnn_step": junk_in_an_answer}))
+    deep_blank = release_notebook(ASSIGNMENT)
+    answer_cells(deep_blank)["rnn_step"].source = outbox_junk("rnn_step/101")
+    submit(submissions, "deep_blank", ASSIGNMENT, deep_blank)
     # what a kernel inherits, and what it can print into the instructor's log
     submit(submissions, "probe", ASSIGNMENT, insert_code_cell(solved(ASSIGNMENT), "setup", PROBE))
     submit(submissions, "fishing", ASSIGNMENT, solved(ASSIGNMENT, {"lstm_num_parameters": FISHES_FOR_ANSWERS}))
@@ -179,7 +185,9 @@ def notes(output, student):
 def test_every_attacker_gets_at_most_its_honest_score_and_the_control_class_full_marks(red_team):
     scores = totals(red_team["output"])
     assert scores["control"] == scores["victim"] == FULL
-    assert scores["outbox_junk"] == scores["probe"] == FULL  # junk in the outbox costs the honest cells nothing
+    # junk that the second pass's outbox gets from an answer cell (under a real check's name) is dropped unread:
+    # it costs the honest cells nothing, and the run goes on
+    assert scores["outbox_junk"] == scores["probe"] == FULL
     assert scores["blank"] == scores["deep_blank"] == scores["plants_links"] == scores["hooks"] == 0.0
     assert scores["linked_solution"] == scores["linked_classmate"] == 0.0
     rnn_step_and_rnn_forward = 10.0  # rnn_forward calls rnn_step
@@ -229,7 +237,7 @@ def test_the_kernel_gets_a_clean_environment_and_cannot_write_into_the_log(red_t
     variables = set(printed.split("VARIABLES", 1)[1].splitlines()[0].split())
     for grader_only in ("GRADING_OUTPUT", "SUBMISSIONS", "GRADING_KERNEL", "JUPYTER_PATH", "JUPYTER_RUNTIME_DIR", "MAKEFLAGS", "COURSE_GRADING_SCRATCH"):
         assert grader_only not in variables
-    assert "NBGRADER_EXECUTION" in variables and "COURSE_GRADING_OUTBOX" in variables
+    assert "NBGRADER_EXECUTION" in variables and "COURSE_GRADING_OUTBOX" not in variables  # the kernel runs no hidden check
     assert "ROOT-ONLY False OTHER-COURSE False" in printed
     assert "forged" not in red_team["log"]
 
