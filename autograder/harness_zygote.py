@@ -9,8 +9,10 @@ the grader scores (scoring.py), so all a child can forge there is a value it wou
 """
 
 import ctypes
+import importlib
 import json
 import os
+import pkgutil
 import resource
 import select
 import shutil
@@ -21,6 +23,7 @@ import time
 PR_SET_DUMPABLE = 4
 MAX_REPLAYS = 5  # children that may die in a cell, each replayed without it
 WIPED = ("/tmp", "/dev/shm")
+STUDENT_TOOLS = ("notebook_check", "pdf")  # modules of the package run as commands, never imported by a cell
 
 
 class CellLimit(BaseException):
@@ -229,8 +232,15 @@ def main() -> None:
     import matplotlib.pyplot  # noqa: F401  (what the course's cells import, loaded once)
     import torch  # noqa: F401
 
-    import shared  # noqa: F401
-    import shared.checks  # noqa: F401
+    import shared
+
+    for module in pkgutil.iter_modules(shared.__path__):  # what the setup cells import: once here, not in every child
+        if module.name in STUDENT_TOOLS:
+            continue
+        try:
+            importlib.import_module(f"shared.{module.name}")
+        except Exception:  # a module that cannot load here fails in the cell that imports it, as in the kernel
+            pass
 
     def reply(message: dict) -> None:
         replies.write(json.dumps(message) + "\n")

@@ -8,7 +8,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from anomalies import CheckSourceMetadata, ClearSourceHiddenTests  # noqa: E402
-from preprocessors import HideHiddenTestTracebacks, ResilientExecute, WithholdTestPoints  # noqa: E402
+from preprocessors import HideHiddenTestTracebacks, ResilientExecute, SaveAutoGradesWithheld  # noqa: E402
 from nbgrader.converters import Autograde  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
@@ -16,7 +16,6 @@ from nbgrader.preprocessors import (  # noqa: E402
     GetGrades,
     IgnorePattern,
     LimitOutput,
-    SaveAutoGrades,
 )
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 
@@ -70,8 +69,7 @@ c.Autograde.autograde_preprocessors = [
     IgnorePattern,
     ClearMetadataPreprocessor,
     LimitOutput,
-    SaveAutoGrades,
-    WithholdTestPoints,  # test cells earn their points in grade.py, once their hidden checks have passed
+    SaveAutoGradesWithheld,  # test cells earn their points in grade.py, once their hidden checks have passed
     AssignLatePenalties,
     CheckCellMetadata,
 ]

@@ -32,7 +32,8 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
-from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from nbgrader.api import Gradebook
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor, SaveAutoGrades
 
 MAX_OUTPUT_CHARACTERS = 100_000  # printed text, an error's traceback, a text/html/json display
 MAX_IMAGE_CHARACTERS = 2_000_000  # an image (base64): a large matplotlib figure is ~200 kB
@@ -501,17 +502,29 @@ class HideHiddenTestTracebacks(NbGraderPreprocessor):
         return cell, resources
 
 
-class WithholdTestPoints(NbGraderPreprocessor):
-    """After nbgrader has saved its scores, set every test cell's to 0 in the gradebook: grade.py gives the points back
-    only to cells whose hidden checks passed, so a grader that stops half way, or fails, leaves zeros, never full marks."""
+class SaveAutoGradesWithheld(SaveAutoGrades):
+    """nbgrader's SaveAutoGrades in one gradebook transaction, saving every test cell's score as 0.
+
+    grade.py gives a test cell its points back only once its hidden checks have passed, so a grader that stops
+    half way, or fails, leaves zeros, never full marks. nbgrader commits after every cell, and a commit waits
+    for the gradebook's lock, which the other grading workers hold in turn: one commit for the notebook instead.
+    """
 
     def preprocess(self, nb, resources):
-        from nbgrader.api import Gradebook
-
         info = resources["nbgrader"]
-        tests = [cell.metadata.nbgrader.grade_id for cell in nb.cells if utils.is_grade(cell) and not utils.is_solution(cell)]
-        with Gradebook(info["db_url"]) as gradebook:
-            for grade_id in tests:
-                gradebook.find_grade(grade_id, info["notebook"], info["assignment"], info["student"]).auto_score = 0.0
-            gradebook.db.commit()
+        self.notebook_id, self.assignment_id, self.student_id = info["notebook"], info["assignment"], info["student"]
+        with Gradebook(info["db_url"]) as self.gradebook:
+            nb, resources = NbGraderPreprocessor.preprocess(self, nb, resources)
+            self.gradebook.db.commit()
         return nb, resources
+
+    def _add_score(self, cell, resources) -> None:
+        grade = self.gradebook.find_grade(cell.metadata.nbgrader.grade_id, self.notebook_id, self.assignment_id, self.student_id)
+        grade.auto_score = utils.determine_grade(cell, self.log)[0] if utils.is_solution(cell) else 0.0
+        # as nbgrader: a score given by hand, or an answer with no automatic score, asks for a person's review
+        grade.needs_manual_grade = grade.manual_score is not None or grade.auto_score is None
+
+    def _add_comment(self, cell, resources) -> None:
+        comment = self.gradebook.find_comment(cell.metadata.nbgrader.grade_id, self.notebook_id, self.assignment_id, self.student_id)
+        unchanged = cell.metadata.nbgrader.get("checksum") == utils.compute_checksum(cell) and not utils.is_task(cell)
+        comment.auto_comment = "No response." if unchanged else None

@@ -1,5 +1,7 @@
 """The check helpers: what a student reads when a value is wrong, and how references are stored."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -76,6 +78,34 @@ def test_integers_compare_exactly_and_floats_are_not_integers():
 def test_integer_tensors_compare_exactly():
     message = failure(torch.tensor([1, 2, 4]), torch.tensor([1, 2, 3]), rtol=0, atol=0)
     assert "1 of 3 elements are off" in message and "worst at index (2)" in message
+
+
+def test_tensors_pass_exactly_when_torch_testing_assert_close_passes():
+    # the witness: torch.testing.assert_close, which the checks no longer call (its first use imports for half a second)
+    special = [1.0, 2.0, float("nan"), float("inf"), -float("inf")]
+    values = [torch.tensor(special), torch.tensor(special) + 1e-6, torch.tensor([1.0, 2.0, 0.0, float("inf"), float("inf")])]
+    compared = 0
+    for got, expected in itertools.product(values, values):
+        for dtype, (rtol, atol), equal_nan in itertools.product(
+                (torch.float32, torch.float64, torch.bfloat16, torch.complex64), [(0.0, 0.0), (1e-5, 1e-8), (1e-3, 1e-3)], (False, True)):
+            got_, expected_ = got.to(dtype), expected.to(dtype)
+            try:
+                torch.testing.assert_close(got_, expected_, rtol=rtol, atol=atol, equal_nan=equal_nan)
+                witness = True
+            except AssertionError:
+                witness = False
+            try:
+                compare("demo", got_, expected_, rtol=rtol, atol=atol, equal_nan=equal_nan)
+                ours = True
+            except CheckFailed:
+                ours = False
+            assert ours == witness, (got_, expected_, rtol, atol, equal_nan)
+            compared += 1
+    assert compared == 9 * 4 * 3 * 2
+
+
+def test_a_sparse_tensor_is_a_clear_failure_not_a_crash():
+    assert "should be a plain (dense) tensor" in failure(torch.eye(3).to_sparse(), torch.eye(3))
 
 
 def test_record_then_compare_round_trip(tmp_path, monkeypatch):
