@@ -1,5 +1,5 @@
 # Everything one can do with this course, in one place. `make help` lists it.
-# Students: make setup, make lab.  Instructors: make release, make references, make grade.
+# Students: make setup, make lab.  Instructors: make demo, make release, make references, make grade.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,11 +10,18 @@ export PATH := $(BIN):$(PATH)
 # Debian packages: the grading sandbox, and the browser, offline MathJax and PDF tools behind make pdf.
 SYSTEM_PACKAGES = bubblewrap chromium libjs-mathjax poppler-utils
 
+# The environment is a prerequisite of every target that runs Python: built on first use, and again when the pinned
+# requirements change (make setup also rebuilds it on demand).
+READY := $(VENV)/.ready
+REQUIREMENTS := $(wildcard requirements.txt requirements.lock pyproject.toml)
+
 SUBMISSIONS ?= $(CURDIR)/submitted
+DEMO ?= $(CURDIR)/demo
+comma := ,
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test lab check pdf release references grade export student-bundle formgrader lock clean data
+.PHONY: help setup test demo lab check pdf release references grade export report student-bundle formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,44 +41,66 @@ setup: ## Create .venv with the pinned course environment and the shared package
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(BIN)/python -m shared.pdf --install-config
 	@$(BIN)/python -c "import torch, nbgrader, shared; print('ready: torch', torch.__version__, '| device', shared.pick_device())"
+	@touch $(READY)
 
-test: ## Run the test suite (notebooks in fast mode)
+$(READY): $(REQUIREMENTS)
+	@$(MAKE) --no-print-directory setup
+
+test: $(READY) ## Run the test suite (notebooks in fast mode)
 	COURSE_FAST=1 $(BIN)/python -m pytest
 
-data: ## Prepare data/tiny/ (TinyStories splits); offline: TINYSTORIES_DIR=/path/to/folder make data
+demo: $(READY) ## Grade a small generated class into demo/ (right, blank, catalogued mistakes, a forbidden built-in, hostile)
+	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }
+	$(BIN)/python tools/demo.py build "$(DEMO)"
+	@$(MAKE) --no-print-directory grade SUBMISSIONS="$(DEMO)/submitted" GRADING_OUTPUT="$(DEMO)"
+	@$(BIN)/python tools/demo.py summary "$(DEMO)"
+
+data: $(READY) ## Prepare data/tiny/ (TinyStories splits); offline: TINYSTORIES_DIR=/path/to/folder make data
 	$(BIN)/python $(if $(wildcard tools/prepare_data.py),tools/prepare_data.py,-m shared.tinystories)
 
-lab: ## Open the notebooks in JupyterLab
+lab: $(READY) ## Open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks
 
-check: ## Run notebooks headless and print each exercise's visible checks (NB=path/to.ipynb, FULL=1 full-size training)
+check: $(READY) ## Run notebooks headless and print each exercise's visible checks (NB=path/to.ipynb, FULL=1 full-size training)
 	@$(BIN)/python -m shared.notebook_check $(if $(filter 1,$(FULL)),--full) "$(or $(NB),notebooks)"
 
-pdf: ## Export notebooks to PDF, each next to its notebook (NB=path/to.ipynb; default: every notebook in notebooks/)
+pdf: $(READY) ## Export notebooks to PDF, each next to its notebook (NB=path/to.ipynb; default: every notebook in notebooks/)
 	$(BIN)/python -m shared.pdf $(NB)
 
-release: ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
+release: $(READY) ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
 	$(BIN)/python tools/from_scratch_notes.py  # each answer cell's "Not allowed here" line, from its metadata
 	cd autograder && for assignment in $(ASSIGNMENTS); do \
 		$(BIN)/nbgrader generate_assignment $$assignment --force --log-level=WARN || exit 1; done
 
-references: ## Execute the solutions and record the public and hidden reference tensors
+references: $(READY) ## Execute the solutions and record their public and hidden references (ASSIGNMENT=NN_name[,...]: only those)
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
-	$(BIN)/python tools/record_references.py
+	$(BIN)/python tools/record_references.py $(subst $(comma), ,$(ASSIGNMENT))
 
-grade: ## Autograde SUBMISSIONS (default submitted/) in WORKERS processes (FORCE=1 regrades all)
+grade: $(READY) ## Autograde SUBMISSIONS (default submitted/) in WORKERS processes (FORCE=1 regrades all)
 	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }
 	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1,$(FORCE)),--force)
 
-export: ## Write nbgrader's own export of the gradebook make grade wrote to GRADING_OUTPUT/nbgrader_export.csv
+export: $(READY) ## Write nbgrader's own export of the gradebook make grade wrote to GRADING_OUTPUT/nbgrader_export.csv
 	@test -f "$(abspath $(GRADING_OUTPUT))/gradebook.db" || { echo "No gradebook at $(abspath $(GRADING_OUTPUT))/gradebook.db: run make grade first (with the same GRADING_OUTPUT)."; exit 1; }
 	cd autograder && SUBMISSIONS="$(abspath $(SUBMISSIONS))" GRADING_OUTPUT="$(abspath $(GRADING_OUTPUT))" $(BIN)/nbgrader export --to "$(abspath $(GRADING_OUTPUT))/nbgrader_export.csv"
 
-formgrader: ## Open nbgrader's formgrader to grade written answers by hand
-	cd autograder && SUBMISSIONS="$(abspath $(SUBMISSIONS))" GRADING_OUTPUT="$(abspath $(GRADING_OUTPUT))" $(BIN)/jupyter lab --LabApp.default_url=/formgrader $(if $(filter 0,$(shell id -u)),--allow-root)
+report: $(READY) ## Write the course reports (wide table, Canvas CSV, HTML report, manual grading pages) from GRADING_OUTPUT's gradebook
+	@test -f "$(abspath $(GRADING_OUTPUT))/gradebook.db" || { echo "No gradebook at $(abspath $(GRADING_OUTPUT))/gradebook.db: run make grade first (with the same GRADING_OUTPUT)."; exit 1; }
+	$(BIN)/python autograder/reports.py --output "$(abspath $(GRADING_OUTPUT))" $(if $(FORMGRADER_URL),--formgrader-url "$(FORMGRADER_URL)")
 
-student-bundle: ## Build dist/student-bundle(.tar.gz): what students clone
+# Jupyter runs in the foreground (Ctrl-C stops it); beside it, a loop prints formgrader's link once the server answers,
+# so that the link is the last line of the server's start-up (the token is JUPYTER_TOKEN's, or a new one).
+formgrader: $(READY) ## Open nbgrader's formgrader to grade written answers by hand (FORMGRADER_PORT=8888); prints its link last
+	@cd autograder || exit 1; \
+	export SUBMISSIONS="$(abspath $(SUBMISSIONS))" GRADING_OUTPUT="$(abspath $(GRADING_OUTPUT))" \
+		JUPYTER_TOKEN="$${JUPYTER_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')}"; \
+	url="http://localhost:$(or $(FORMGRADER_PORT),8888)"; server=$$$$; \
+	{ until $(BIN)/python -c 'import os, sys, urllib.request as r; r.build_opener(r.ProxyHandler({})).open(r.Request(sys.argv[1] + "/api/status", headers={"Authorization": "token " + os.environ["JUPYTER_TOKEN"]}), timeout=5)' "$$url" 2>/dev/null; do \
+		kill -0 $$server 2>/dev/null || exit 0; sleep 0.5; done; echo "Jupyter is serving formgrader (Ctrl-C stops it):"; echo "formgrader: $$url/formgrader?token=$$JUPYTER_TOKEN"; } & \
+	exec $(BIN)/jupyter lab --no-browser --log-level=WARN --port=$(or $(FORMGRADER_PORT),8888) --ServerApp.port_retries=0 --LabApp.default_url=/formgrader $(if $(filter 0,$(shell id -u)),--allow-root)
+
+student-bundle: $(READY) ## Build dist/student-bundle(.tar.gz): what students clone
 	$(BIN)/python tools/student_bundle.py
 
 lock: ## Re-record requirements.lock from the current .venv
@@ -79,5 +108,5 @@ lock: ## Re-record requirements.lock from the current .venv
 	  echo "# Regenerate after changing requirements.txt: make lock"; \
 	  $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock
 
-clean: ## Remove grading output and build products (keeps .venv)
-	rm -rf autograded feedback dist .grading gradebook.db grades.csv grades_by_test.csv nbgrader_export.csv
+clean: ## Remove grading output and build products (keeps .venv, and lms_ids.csv: the instructor's mapping to Canvas)
+	rm -rf autograded feedback dist demo reports .grading .exchange gradebook.db grades.csv grades_by_test.csv nbgrader_export.csv

@@ -762,7 +762,10 @@ def main() -> int:
     if not sandboxed:
         print("WARNING: bubblewrap (bwrap) is not available: students' kernels run without a sandbox, so they could"
               " read files such as autograder/references/. Install bubblewrap to grade a real class.", file=sys.stderr)
-    print(f"Isolation: {isolation_in_force(sandboxed, cpus_per_kernel)}.", flush=True)
+    isolation_line = isolation_in_force(sandboxed, cpus_per_kernel)
+    print(f"Isolation: {isolation_line}.", flush=True)
+    (output / ".grading").mkdir(exist_ok=True)
+    (output / ".grading" / "isolation.txt").write_text(isolation_line + "\n")  # for summaries (make demo)
     pairs = [pair for pair in find_submissions(submitted) if not args.assignment or pair[0] in args.assignment]
     known = set(course_assignments())
     unknown = sorted({assignment for assignment, _ in pairs} - known)
@@ -801,6 +804,12 @@ def main() -> int:
     elapsed = time.monotonic() - started
     print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s with {args.workers} workers{', sandboxed' if sandboxed else ''}; "
           f"{len(failures)} could not be graded. Wrote {output / 'grades.csv'} and {output / 'grades_by_test.csv'}.")
+    try:  # the course reports (reports.py); the grades are written whatever happens to them
+        from reports import write_reports
+
+        write_reports(output)
+    except Exception as error:
+        print(f"WARNING: the course reports were not written ({type(error).__name__}: {error}); the grades are fine; retry with make report.", file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,13 @@ attributes and styles; text/html outputs are sanitized the same way; JavaScript 
 replaced by a short note; SVG is shown as an image (which runs no script); any other type is dropped.
 Math, tables, code, PNG/JPEG figures and ordinary formatting stay. Rejected markup is shown escaped, as text.
 
+Math ($...$, $$...$$, \\begin{...}...\\end{...}, and text/latex outputs) is converted to MathML here, when the
+page is made (latex2mathml), so that the pages need no MathJax (NoMathJax takes it out of nbgrader's templates):
+no script and no network, and browsers typeset MathML themselves. The MathML, the converter's as well as any that a
+student wrote, passes the same allowlist: MathML Core's presentation elements with their layout attributes, and the
+TeX source as a plain-text annotation; no links (href), no maction, no annotation-xml, no mglyph. TeX that does not
+convert cleanly is shown as written, as code.
+
 RedactHiddenTests removes from every output any line of a hidden test (the notebook's own test cells and
 the source notebook in solutions/): a student's cell can print its own .ipynb, IPython's history, or every
 cell's raw source from a post_run_cell hook. It must run before ClearSourceHiddenTests, which empties the
@@ -30,8 +37,11 @@ import re
 from pathlib import Path
 
 import bleach
+import latex2mathml.converter
 import nbformat
 from bleach.css_sanitizer import CSSSanitizer
+from jinja2 import DictLoader
+from nbconvert.exporters import TemplateExporter
 from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 from nbconvert.preprocessors import Preprocessor
 from nbformat.notebooknode import NotebookNode
@@ -42,6 +52,11 @@ HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"  # n
 TAGS = frozenset("""a abbr b blockquote br caption center cite code col colgroup dd del details div dl dt em figcaption figure
     h1 h2 h3 h4 h5 h6 hr i img ins kbd li mark ol p pre q s samp small span strike strong sub summary sup table tbody td
     tfoot th thead tr tt u ul var""".split())
+# MathML Core's presentation elements that latex2mathml writes (menclose too: browsers without it show the content),
+# and semantics with a plain-text annotation for the TeX source. Never maction, annotation-xml, mglyph or links.
+MATHML_TAGS = frozenset("""math semantics annotation mrow mi mn mo ms mtext mspace msub msup msubsup munder mover munderover
+    mfrac msqrt mroot mtable mtr mtd mstyle mpadded mphantom menclose merror""".split())
+TAGS = TAGS | MATHML_TAGS
 COMMON_ATTRIBUTES = frozenset({"class", "title", "style", "align", "lang", "dir"})
 TAG_ATTRIBUTES = {
     "a": {"href"},
@@ -88,8 +103,190 @@ class SafeCSS(CSSSanitizer):
 CSS = SafeCSS(allowed_css_properties=CSS_PROPERTIES, allowed_svg_properties=frozenset())
 
 
+# --- math: TeX to MathML --------------------------------------------------------------------------------
+
+TEX_ENCODING = "application/x-tex"  # the annotation that keeps each formula's TeX source
+MAX_TEX = 10_000  # characters in one formula: a longer one is shown as written
+MAX_MATH_DEPTH = 80  # nested MathML elements
+MATHML_VALUES = {name: re.compile(pattern) for name, pattern in {
+    "display": "block|inline",
+    "mathvariant": "normal|bold|italic|bold-italic|double-struck|script|bold-script|fraktur|bold-fraktur|sans-serif"
+                   "|bold-sans-serif|sans-serif-italic|sans-serif-bold-italic|monospace",
+    "displaystyle": "true|false", "stretchy": "true|false", "fence": "true|false", "separator": "true|false",
+    "largeop": "true|false", "movablelimits": "true|false", "symmetric": "true|false", "accent": "true|false",
+    "accentunder": "true|false",
+    "form": "prefix|infix|postfix",
+    "scriptlevel": r"[+-]?\d",
+    "mathcolor": r"#[0-9a-fA-F]{3,8}|[a-zA-Z]{1,20}", "mathbackground": r"#[0-9a-fA-F]{3,8}|[a-zA-Z]{1,20}",
+    "columnalign": r"(left|center|right)( (left|center|right)){0,50}",
+    "rowalign": r"(top|bottom|center|baseline|axis)( (top|bottom|center|baseline|axis)){0,50}",
+    "columnlines": r"(none|solid|dashed)( (none|solid|dashed)){0,50}",
+    "rowlines": r"(none|solid|dashed)( (none|solid|dashed)){0,50}",
+    "frame": "none|solid|dashed",
+    "notation": r"(box|roundedbox|circle|left|right|top|bottom|updiagonalstrike|downdiagonalstrike|verticalstrike"
+                r"|horizontalstrike|longdiv|actuarial|madruwb)( |$)+",
+}.items()}
+# Lengths take room in the layout, but for the ones that paint content away from its box: voffset, and mpadded's
+# lspace, height and depth (a zero-height mpadded holding a tall table would cover the page above). Those are refused.
+MATHML_LENGTHS = frozenset({"width", "height", "depth", "minsize", "maxsize", "linethickness", "lspace", "rspace",
+                            "columnspacing", "rowspacing"})
+SPACES = frozenset({"lspace", "rspace"})  # an operator's spacing: at most 1em
+LENGTH = re.compile(r"(\d{1,3}(?:\.\d{0,4})?|\.\d{1,4})(em|ex|pt|px)?")  # not negative, nor relative (+1em)
+# Font changes that browsers' MathML Core ignores as mathvariant, written as CSS.
+VARIANT_CSS = {"bold": "font-weight: bold", "italic": "font-style: italic", "bold-italic": "font-weight: bold; font-style: italic",
+               "monospace": "font-family: monospace", "sans-serif": "font-family: sans-serif",
+               "bold-sans-serif": "font-weight: bold; font-family: sans-serif"}
+# TeX environments that latex2mathml lacks, as ones it has (aligned is align*'s layout without equation numbers).
+ENVIRONMENTS = {r"\begin{aligned}": r"\begin{align*}", r"\end{aligned}": r"\end{align*}",
+                r"\begin{gathered}": r"\begin{array}{c}", r"\end{gathered}": r"\end{array}",
+                r"\begin{gather}": r"\begin{array}{c}", r"\begin{gather*}": r"\begin{array}{c}",
+                r"\end{gather}": r"\end{array}", r"\end{gather*}": r"\end{array}",
+                r"\begin{equation}": "", r"\begin{equation*}": "", r"\end{equation}": "", r"\end{equation*}": ""}
+ENVIRONMENT = re.compile("|".join(map(re.escape, sorted(ENVIRONMENTS, key=len, reverse=True))))
+COMMANDS = {"arg": r"\operatorname{arg}", "nolimits": ""}  # the same for commands
+COMMAND = re.compile(r"\\(%s)(?![A-Za-z])" % "|".join(COMMANDS))
+ROW_SPACING = re.compile(r"\\\\\s*\[\s*[-+]?(\d+\.?\d*|\.\d+)\s*(em|ex|pt|mm|cm|in|mu|px|bp|pc)\s*\]")  # \\[1ex]: a plain \\ here
+NUMBER = re.compile(r"[0-9.,\s]*")
+FUNCTION_NAME = re.compile(r"[A-Za-z]{2,}")
+SCRIPTED_TAGS = frozenset({"msub", "msup", "msubsup", "munder", "mover", "munderover"})
+ROW_TAGS = frozenset({"math", "mrow", "mstyle", "mtd", "mpadded", "mphantom", "menclose", "msqrt", "merror"})  # a sequence
+TEX_COMMAND = re.compile(r"\\[A-Za-z]")  # a command latex2mathml did not know: it writes it out as text
+TEXT_ESCAPE = re.compile(r"\\([_&%$#{} ])")  # \_ and the like in \text{...}, which latex2mathml leaves as they are
+STRAY_AMPERSAND = re.compile(r"&(?!#x[0-9a-fA-F]+;|#[0-9]+;)")  # an alignment & outside a table
+
+
+class UnconvertedMath(ValueError):
+    """TeX that latex2mathml did not turn into clean MathML."""
+
+
+def short_length(name: str, value: str) -> bool:
+    """Whether a MathML length is one that TeX layout needs: not negative, not huge."""
+    match = LENGTH.fullmatch(value)
+    if not match:
+        return False
+    number, unit = match.groups()
+    return (unit is not None or float(number) == 0) and float(number) <= (1 if name in SPACES else 30)
+
+
+def allowed_mathml_attribute(tag: str, name: str, value: str) -> bool:
+    """Whether an attribute of a MathML element may stay: layout attributes with plain values, style (sanitized), and
+    the TeX annotation's encoding. No href, xlink:href, definitionURL, event handler, actiontype or src, and nothing
+    that paints content over the page's own (voffset, mpadded's shifts)."""
+    value = value.strip()
+    if name == "style":
+        return True  # bleach's CSS sanitizer keeps only the allowed properties
+    if name == "encoding":
+        return tag == "annotation" and value == TEX_ENCODING
+    if name in MATHML_LENGTHS:
+        if (tag == "mpadded" and name != "width") or (name in SPACES and tag != "mo"):
+            return False
+        return bool(value) and all(short_length(name, part) for part in value.split())
+    pattern = MATHML_VALUES.get(name)
+    return pattern is not None and bool(pattern.fullmatch(value))
+
+
+def math_text(tag: str, raw: str | None) -> str:
+    """The escaped text of a MathML element that latex2mathml made (its text holds character references, unescaped)."""
+    if not raw:
+        return ""
+    if tag == "mtext":
+        raw = TEXT_ESCAPE.sub(r"\1", raw)
+    elif STRAY_AMPERSAND.search(raw):
+        raise UnconvertedMath("an & outside a table")
+    if TEX_COMMAND.search(raw):
+        raise UnconvertedMath(f"an unknown command in {raw!r}")
+    text = html.unescape(raw)
+    if tag == "mn" and not NUMBER.fullmatch(text):
+        raise UnconvertedMath(f"{text!r} as a number")  # e.g. the 1.5ex of \\[1.5ex], an argument it did not know
+    return html.escape(text, quote=False)
+
+
+def is_function_name(element) -> bool:
+    """Whether an element is a function or operator name such as exp, tanh, max or \\operatorname{softmax}, alone or
+    with scripts (latex2mathml writes them as <mi> or <mo> and leaves out the thin space TeX puts after them)."""
+    if element.tag in SCRIPTED_TAGS and len(element):
+        element = element[0]
+    text = html.unescape(element.text or "")
+    return element.tag in ("mi", "mo") and bool(FUNCTION_NAME.fullmatch(text)) and text != "mod"  # \bmod is spaced as it is
+
+
+def children_markup(element, depth: int) -> str:
+    """The markup of an element's content: its text, its children and their tails, with TeX's thin space after a
+    function name that an operand follows."""
+    parts = [math_text(element.tag, element.text)]
+    children = list(element)
+    for index, child in enumerate(children):
+        parts.append(mathml_markup(child, depth + 1))
+        following = children[index + 1] if index + 1 < len(children) else None
+        if (element.tag in ROW_TAGS and is_function_name(child) and following is not None
+                and following.tag not in ("mo", "mspace")):
+            parts.append('<mspace width="0.1667em"></mspace>')
+        parts.append(math_text(element.tag, child.tail))
+    return "".join(parts)
+
+
+def mathml_markup(element, depth: int) -> str:
+    """The markup of one element of latex2mathml's tree, with allowed elements and attributes only, and the layout
+    that browsers' MathML Core does not take from legacy attributes written as CSS."""
+    if element.tag not in MATHML_TAGS or element.tag in ("math", "semantics", "annotation") or depth > MAX_MATH_DEPTH:
+        raise UnconvertedMath(f"<{element.tag}> at depth {depth}")
+    attributes = {name: value for name, value in element.attrib.items() if allowed_mathml_attribute(element.tag, name, value)}
+    if element.tag == "mpadded" and any(element.get(name, "").startswith(("+", "-")) for name in ("width", "height", "depth")):
+        attributes = {}  # sizes relative to the content (\xrightarrow's label): without them the shifts misplace it
+    if element.tag == "mo" and is_function_name(element):
+        attributes.setdefault("lspace", "0")
+        attributes.setdefault("rspace", "0")  # an operator name is spaced like TeX's, by children_markup
+    css = []
+    if attributes.get("mathvariant") in VARIANT_CSS:
+        css.append(VARIANT_CSS[attributes.pop("mathvariant")])
+    if element.tag == "mtd" and attributes.get("columnalign") in ("left", "right", "center"):
+        align = attributes["columnalign"]
+        css.append(f"text-align: {align}" + ("" if align == "center" else f"; padding-{'left' if align == 'left' else 'right'}: 0"))
+    if css:
+        attributes["style"] = "; ".join(css)
+    opening = element.tag + "".join(f' {name}="{html.escape(value)}"' for name, value in attributes.items())
+    return f"<{opening}>{children_markup(element, depth)}</{element.tag}>"
+
+
+def tex_to_mathml(tex: str, display: bool) -> str:
+    """MathML for one formula (TeX without its delimiters), with its TeX as an annotation; TeX that does not convert
+    cleanly comes back as written, escaped, as code."""
+    try:
+        if len(tex) > MAX_TEX:
+            raise UnconvertedMath("too long")
+        written = COMMAND.sub(lambda m: COMMANDS[m[1]], ENVIRONMENT.sub(lambda m: ENVIRONMENTS[m[0]], tex))
+        written = ROW_SPACING.sub(r"\\\\", written)
+        root = latex2mathml.converter.convert_to_element(written, display="block" if display else "inline")
+        if not len(root):
+            raise UnconvertedMath("no formula")
+        content = children_markup(root, 0)
+    except Exception:  # latex2mathml's own errors, RecursionError on deep nesting, UnconvertedMath
+        delimiter = "$$" if display else "$"
+        return f'<code title="TeX that could not be typeset">{html.escape(delimiter + tex + delimiter, quote=False)}</code>'
+    if len(root) > 1:
+        content = f"<mrow>{content}</mrow>"
+    annotation = f'<annotation encoding="{TEX_ENCODING}">{html.escape(tex.strip(), quote=False)}</annotation>'
+    opening = '<math display="block">' if display else "<math>"
+    return f"{opening}<semantics>{content}{annotation}</semantics></math>"
+
+
+class MathMLRenderer(IPythonRenderer):
+    """nbconvert's markdown renderer, writing math as MathML rather than as TeX for MathJax (code is left as it is)."""
+
+    def block_math(self, body: str) -> str:
+        return tex_to_mathml(body, display=True)
+
+    def inline_math(self, body: str) -> str:
+        return tex_to_mathml(body, display=False)
+
+    def latex_environment(self, name: str, body: str) -> str:
+        return tex_to_mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", display=True)
+
+
 def allowed_attribute(tag: str, name: str, value: str) -> bool:
     """Whether an attribute may stay (bleach still checks the protocol of href and src)."""
+    if tag in MATHML_TAGS:
+        return allowed_mathml_attribute(tag, name, value)
     if name not in COMMON_ATTRIBUTES and name not in TAG_ATTRIBUTES.get(tag, ()):
         return False
     if name == "class":
@@ -110,8 +307,8 @@ def clean_html(markup: str) -> str:
 
 
 def render_markdown(source: str, attachments: dict | None = None) -> str:
-    """Markdown rendered to HTML as nbconvert renders it (math left for MathJax), attachments embedded."""
-    renderer = IPythonRenderer(escape=False, attachments=attachments or {}, exclude_anchor_links=True)
+    """Markdown rendered to HTML as nbconvert renders it, math as MathML, attachments embedded."""
+    renderer = MathMLRenderer(escape=False, attachments=attachments or {}, exclude_anchor_links=True)
     try:
         return MarkdownWithMath(renderer=renderer).render(source)
     except Exception:  # e.g. a missing attachment: show the text as written
@@ -175,6 +372,8 @@ def inert_output(output: NotebookNode) -> NotebookNode:
     for mime, value in data.items():
         if mime in KEPT and (isinstance(value, str) or mime == "application/json"):
             kept[mime] = value
+            if mime == "text/latex" and not {"text/html", "text/markdown"} & set(data):
+                kept["text/html"] = clean_html(render_markdown(value))  # as MathML: shown as text/latex, it is TeX
         elif mime == "text/html":
             kept[mime] = clean_html(as_text(value))
         elif mime == "text/markdown":
@@ -212,6 +411,29 @@ class MakeInert(Preprocessor):
         if isinstance(info, dict) and not SAFE_GRADE_ID.fullmatch(str(info.get("grade_id", "x"))):
             del cell.metadata["nbgrader"]  # the templates write grade_id into the page unescaped
         return cell, resources
+
+
+# nbconvert's macro that nbgrader's templates (formgrade, feedback) call in the page's head: it loads MathJax from a CDN.
+NO_MATHJAX = DictLoader({"mathjax.html.j2": '{%- macro mathjax(url="") -%}{%- endmacro %}'})
+
+
+class NoMathJax(Preprocessor):
+    """Takes MathJax out of the pages of the exporter it is registered with (the math is MathML, see MakeInert).
+
+    formgrader sets its exporter's template folders itself, over nbgrader_config.py, so a template of ours cannot be
+    put before nbconvert's there: this gives the exporter, as it is made, a template loader that is searched first and
+    whose mathjax macro writes nothing. It changes no notebook."""
+
+    enabled = Bool(True).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        exporter = self.parent
+        if isinstance(exporter, TemplateExporter) and NO_MATHJAX not in exporter.extra_loaders:
+            exporter.extra_loaders = [NO_MATHJAX, *exporter.extra_loaders]
+
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        return nb, resources
 
 
 # --- hidden tests -------------------------------------------------------------------------------------

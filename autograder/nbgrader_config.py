@@ -33,6 +33,13 @@ c.CourseDirectory.autograded_directory = str(OUTPUT / "autograded")
 c.CourseDirectory.feedback_directory = str(OUTPUT / "feedback")
 # Parallel graders share the gradebook: wait for SQLite's write lock rather than fail.
 c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}?timeout=120"
+# The course hands out and collects through git and grade.py, not through nbgrader's exchange; formgrader still checks
+# that an exchange folder is writable and warns on every page if not: it gets an empty one in the grading output.
+try:
+    (OUTPUT / ".exchange").mkdir(exist_ok=True)
+    c.Exchange.root = str(OUTPUT / ".exchange")
+except OSError:  # no grading output yet, or a read-only one: nbgrader's default, and its warning
+    pass
 
 # A cell may use CELL_TIMEOUT seconds of CPU time (its kernel's processes together), so that a busy machine
 # costs nobody points; wall time is limited too, generously, for code that sleeps or waits. A cell past
@@ -85,10 +92,13 @@ c.IgnorePattern.pattern = r".*(UserWarning|DeprecationWarning|FutureWarning).*"
 # Feedback shows students their results, never the hidden test code (not even in tracebacks, nor in what a
 # cell printed: RedactHiddenTests reads the hidden blocks, so it runs before ClearSourceHiddenTests); a
 # student's own cell that quotes the hidden-test markers is shown as written (anomalies.py, inert.py).
-from inert import MakeInert, RedactHiddenTests  # noqa: E402
+from inert import MakeInert, NoMathJax, RedactHiddenTests  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [
     GetGrades, HideHiddenTestTracebacks, RedactHiddenTests, ClearSourceHiddenTests, CSSHTMLHeaderPreprocessor]
 # Every HTML page nbgrader makes of a notebook (formgrader's grading page, the feedback pages) runs nothing of
 # the student's: markdown and outputs sanitized, scripts and widgets dropped (inert.py). It runs first.
-c.HTMLExporter.preprocessors = [MakeInert]
+# Their math is MathML that MakeInert writes, which browsers typeset themselves: NoMathJax drops the MathJax that
+# nbgrader's templates load from a CDN, so that the pages load no script and nothing from the network (a feedback
+# page shows its math offline).
+c.HTMLExporter.preprocessors = [MakeInert, NoMathJax]

@@ -12,6 +12,8 @@ Where the text comes from:
   unverified. Splits: valid = the first 1,000 stories of valid.txt; test = 1,000 stories of
   train.txt chosen by a fixed seed (the smallest sha256 of seed + story text, which does not
   depend on any library's random generator); train = the other stories of train.txt, in file order.
+  A train.txt of fewer than 10,000 stories (at least 10) gives a tenth of them, rounded down, to
+  test: a small folder such as the tests' sample (tests/data/tinystories-sample) is cut the same way.
   A folder holding the official `TinyStories-train.txt` / `TinyStories-valid.txt` instead is cut
   with the online rule below.
 * Online (no TINYSTORIES_DIR): the official files are downloaded with pooch into
@@ -68,12 +70,14 @@ REGISTRY: dict[str, str | None] = {
 
 VALID_STORIES = 1_000
 TEST_STORIES = 1_000
+TEST_SHARE = 10  # a train.txt of fewer than TEST_SHARE * TEST_STORIES stories gives 1/TEST_SHARE of them to test
 ONLINE_TRAIN_STORIES = 20_000
 TEST_SEED = 0
 
 SLICE_RULE = (
     f"valid = the first {VALID_STORIES:,} stories of valid.txt; "
-    f"test = the {TEST_STORIES:,} stories of train.txt with the smallest sha256('tinystories-test-{TEST_SEED}\\n' + story text); "
+    f"test = the {TEST_STORIES:,} stories of train.txt (1/{TEST_SHARE} of them, rounded down, when it holds fewer than "
+    f"{TEST_SHARE * TEST_STORIES:,}) with the smallest sha256('tinystories-test-{TEST_SEED}\\n' + story text); "
     "train = the other stories of train.txt, in file order"
 )
 ONLINE_RULE = (
@@ -224,11 +228,16 @@ def _test_key(text: str) -> str:
     return hashlib.sha256(f"tinystories-test-{TEST_SEED}\n{text}".encode()).hexdigest()
 
 
+def slice_test_stories(train_stories: int) -> int:
+    """How many of train.txt's stories the offline rule (SLICE_RULE) moves to the test split."""
+    return min(TEST_STORIES, train_stories // TEST_SHARE)
+
+
 def _cut_slice(train_path: Path, valid_path: Path) -> dict[str, list[str]]:
     """The offline rule (SLICE_RULE) on train.txt / valid.txt."""
-    train = _stories(train_path, at_least=TEST_STORIES + 1)
+    train = _stories(train_path, at_least=TEST_SHARE)
     valid = _stories(valid_path, limit=VALID_STORIES)
-    chosen = set(sorted(range(len(train)), key=lambda i: _test_key(train[i]))[:TEST_STORIES])
+    chosen = set(sorted(range(len(train)), key=lambda i: _test_key(train[i]))[:slice_test_stories(len(train))])
     return {
         "train": [text for i, text in enumerate(train) if i not in chosen],
         "valid": valid,

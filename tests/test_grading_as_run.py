@@ -81,7 +81,10 @@ def as_user(user: pwd.struct_passwd, command: list[str]) -> list[str]:
 
 
 def run_as(identity: str, command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("JUPYTER", "SUBMISSIONS", "GRADING", "COURSE_"))}
+    # COURSE_DATA_DIR stays: where the session's TinyStories splits are when data/tiny was not prepared (conftest.py),
+    # as an instructor who keeps the data out of the checkout sets it.
+    env = {key: value for key, value in os.environ.items()
+           if key == "COURSE_DATA_DIR" or not key.startswith(("JUPYTER", "SUBMISSIONS", "GRADING", "COURSE_"))}
     if identity == "normal user" and os.geteuid() == 0:
         user = normal_user()
         command = as_user(user, command)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import psutil
@@ -98,15 +99,19 @@ def neighbours(tmp_path_factory):
         submit(submissions, name, ASSIGNMENT, solved(ASSIGNMENT))
     before = set(kernel_processes())
     result = make("grade", f"SUBMISSIONS={submissions}", f"GRADING_OUTPUT={output}", "WORKERS=2", env={"CELL_TIMEOUT": "10"})
-    return {"output": output, "stdout": result.stdout, "survivors": sorted(set(kernel_processes()) - before)}
+    return {"output": output, "stdout": result.stdout, "survivors": sorted(set(kernel_processes(output)) - before)}
 
 
-def kernel_processes() -> list[int]:
-    """Processes, not yet ended, of the user ids that kernels graded as root run under."""
+def kernel_processes(output: Path | None = None) -> list[int]:
+    """Processes, not yet ended, of the user ids that kernels graded as root run under; with `output`, not those of
+    another grading run on the machine (working in another output's autograded/ or .grading/ folder)."""
     found = []
-    for process in psutil.process_iter(["uids", "status"]):
+    for process in psutil.process_iter(["uids", "status", "cwd"]):
         if process.info["uids"] and process.info["uids"].real >= sandbox.FIRST_UID and process.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(process.pid)
+            cwd = process.info["cwd"] or ""
+            elsewhere = ("/autograded/" in cwd or "/.grading/" in cwd) and not cwd.startswith(str(Path(output).resolve()) + "/")
+            if output is None or not elsewhere:
+                found.append(process.pid)
     return found
 
 

@@ -1,7 +1,8 @@
 """TinyStories data for the LSTM language model: tokenizer, `make data` (offline and through pooch), GloVe vocabulary.
 
-The real slice is prepared once per module into a temporary COURSE_DATA_DIR; nothing here touches
-the repository's data/ folder.
+The course's slice, or the committed sample where this machine has no slice (see conftest.py), is
+prepared once per module into a temporary COURSE_DATA_DIR; nothing here touches the repository's
+data/ folder. Tests about the slice itself (its checksums and split sizes) skip without it.
 """
 
 from __future__ import annotations
@@ -24,26 +25,16 @@ import torch
 from shared import glove, tinystories
 from shared.glove import Vocabulary, build_vocabulary, embedding_matrix, encode_stories
 from shared.tinystories import (BOS, EOS, KNOWN_SLICE, PAD, SPECIALS, UNK, DataError, fetch, load_split, prepare,
-                                tokenize)
+                                slice_test_stories, tokenize)
+
+from conftest import SAMPLE_DIR, SLICE_PLACES
 
 ROOT = Path(__file__).resolve().parent.parent
 SLICE_STORIES = {"train.txt": 17_769, "valid.txt": 1_000}
-
-
-def tinystories_slice_dir() -> Path | None:
-    """The shared TinyStories slice: <repo>/../shared/data/tinystories, else /work/shared/data/tinystories."""
-    for candidate in (ROOT.parent / "shared" / "data" / "tinystories", Path("/work/shared/data/tinystories")):
-        if (candidate / "train.txt").is_file() and (candidate / "valid.txt").is_file():
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="session")
-def slice_dir() -> Path:
-    found = tinystories_slice_dir()
-    if found is None:
-        pytest.skip("the TinyStories slice (../shared/data/tinystories with train.txt and valid.txt) is not on this machine")
-    return found
+# The committed sample: the first 400 stories of the slice's valid.txt, cut into valid.txt (the first 100) and
+# train.txt (the other 300). Its sha256 pins it; its SOURCE.md says where it comes from.
+SAMPLE = {"train.txt": ("1770e87ad4898c1ead7ccdb433ccde85418e75fd7bcbef33f3fa22e2a7d18a86", 300, 100),
+          "valid.txt": ("8b8f97017db360db0449bffc82140ef336d3892d3204338d4d6f88c3a11f4e31", 100, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +47,22 @@ def data_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prepared(slice_dir, data_home):
-    """The slice prepared once: (output folder, manifest, log lines)."""
+def prepared(source_dir, data_home):
+    """The slice (or the sample) prepared once: (output folder, manifest, log lines)."""
     lines: list[str] = []
-    manifest = prepare(slice_dir, log=lines.append)
+    manifest = prepare(source_dir, log=lines.append)
     return data_home / "tiny", manifest, lines
 
 
 @pytest.fixture(scope="module")
-def vocab(prepared) -> Vocabulary:
-    return build_vocabulary(load_split("train"), 5000)
+def vsize(source_dir) -> int:
+    """A vocabulary size that leaves some GloVe words out: 5000 on the slice, 1000 on the sample's 270 stories."""
+    return 1000 if source_dir == SAMPLE_DIR else 5000
+
+
+@pytest.fixture(scope="module")
+def vocab(prepared, vsize) -> Vocabulary:
+    return build_vocabulary(load_split("train"), vsize)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,9 +91,9 @@ def test_tokenize_gives_no_empty_tokens_and_no_whitespace():
 
 
 # ----------------------------------------------------------------------------------------------
-# prepare on the real slice
+# prepare: on the slice (its checksums and sizes), on the sample, and on any copy
 
-def test_prepare_verifies_the_known_slice_and_cuts_splits_of_the_stated_sizes(prepared):
+def test_prepare_verifies_the_known_slice_and_cuts_splits_of_the_stated_sizes(slice_dir, prepared):
     out, manifest, log = prepared
     assert sum("verified, sha256 matches" in line for line in log) == 2
     assert manifest["inputs"]["files"] == KNOWN_SLICE
@@ -111,16 +108,55 @@ def test_prepare_verifies_the_known_slice_and_cuts_splits_of_the_stated_sizes(pr
     assert load_split("valid")[0][:6] == [BOS, "spot", ".", "spot", "saw", "the"]
 
 
-def test_splits_follow_the_stated_rule(prepared, slice_dir):
-    train_texts = list(tinystories.iter_stories(slice_dir / "train.txt"))
-    drawn = sorted(range(len(train_texts)), key=lambda i: hashlib.sha256(f"tinystories-test-0\n{train_texts[i]}".encode()).hexdigest())[:1000]
+def test_the_sample_is_small_pinned_and_cut_by_the_small_folder_rule(tmp_path):
+    """tests/data/tinystories-sample: what the tests use where there is no slice, prepared like any small copy."""
+    assert sum(path.stat().st_size for path in SAMPLE_DIR.iterdir()) < 400_000
+    for name, (digest, stories, _) in SAMPLE.items():
+        assert hashlib.sha256((SAMPLE_DIR / name).read_bytes()).hexdigest() == digest, f"{name} changed: update SAMPLE and SOURCE.md"
+        assert len(list(tinystories.iter_stories(SAMPLE_DIR / name))) == stories
+    source = (SAMPLE_DIR / "SOURCE.md").read_text()
+    assert all(text in source for text in ("CDLA-Sharing-1.0", "Ronen Eldan", "Yuanzhi Li", "2305.07759", "roneneldan/TinyStories"))
+    manifest = prepare(SAMPLE_DIR, tmp_path / "out", log=lambda line: None)
+    assert {split: entry["stories"] for split, entry in manifest["splits"].items()} == {"train": 270, "valid": 100, "test": 30}
+    assert [slice_test_stories(n) for n in (10, 300, 9_999, 10_000, 17_769)] == [1, 30, 999, 1000, 1000]
+
+
+def test_the_sample_is_an_unchanged_part_of_the_slice(slice_dir):
+    """Its stories are the slice's valid.txt stories 0-99 (valid.txt) and 100-399 (train.txt), byte for byte."""
+    valid = (slice_dir / "valid.txt").read_bytes()
+    cut = 0
+    for name, (_, stories, first) in sorted(SAMPLE.items(), key=lambda item: item[1][2]):
+        text = (SAMPLE_DIR / name).read_bytes()
+        assert valid[cut:cut + len(text)] == text, name
+        assert valid[:cut].count(b"\n<|endoftext|>\n") == first and text.count(b"\n<|endoftext|>\n") == stories
+        cut += len(text)
+
+
+def test_the_slice_lookup_can_be_told_where_the_slice_is_or_that_there_is_none(monkeypatch, tmp_path):
+    import conftest
+
+    monkeypatch.setenv("COURSE_TINYSTORIES_SLICE", "none")
+    assert conftest.tinystories_slice() is None and conftest.tinystories_source() == SAMPLE_DIR
+    monkeypatch.setenv("COURSE_TINYSTORIES_SLICE", str(SAMPLE_DIR))
+    assert conftest.tinystories_slice() == SAMPLE_DIR
+    monkeypatch.setenv("COURSE_TINYSTORIES_SLICE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not hold train.txt and valid.txt"):
+        conftest.tinystories_slice()
+    monkeypatch.delenv("COURSE_TINYSTORIES_SLICE")
+    assert conftest.tinystories_slice() == next((place for place in SLICE_PLACES if (place / "train.txt").is_file()), None)
+
+
+def test_splits_follow_the_stated_rule(prepared, source_dir):
+    train_texts = list(tinystories.iter_stories(source_dir / "train.txt"))
+    count = min(1000, len(train_texts) // 10)
+    drawn = sorted(range(len(train_texts)), key=lambda i: hashlib.sha256(f"tinystories-test-0\n{train_texts[i]}".encode()).hexdigest())[:count]
     assert load_split("test") == [[BOS, *tokenize(train_texts[i]), EOS] for i in sorted(drawn)]
-    assert min(drawn) < 1000 and max(drawn) > len(train_texts) - 1000, "the test draw should span the whole file"
+    assert min(drawn) < count and max(drawn) > len(train_texts) - count, "the test draw should span the whole file"
     chosen = set(drawn)
     kept = [i for i in range(len(train_texts)) if i not in chosen]
     train = load_split("train")
     assert [train[0], train[-1]] == [[BOS, *tokenize(train_texts[i]), EOS] for i in (kept[0], kept[-1])]
-    valid_texts = list(tinystories.iter_stories(slice_dir / "valid.txt"))
+    valid_texts = list(tinystories.iter_stories(source_dir / "valid.txt"))
     assert load_split("valid") == [[BOS, *tokenize(text), EOS] for text in valid_texts[:1000]]
 
 
@@ -140,26 +176,26 @@ def test_prepared_lines_are_whole_lowercase_stories_in_disjoint_splits(prepared)
     assert not seen["train"] & seen["test"] and not seen["train"] & seen["valid"] and not seen["valid"] & seen["test"]
 
 
-def test_prepare_is_a_no_op_when_up_to_date_and_deterministic(prepared, slice_dir, tmp_path):
+def test_prepare_is_a_no_op_when_up_to_date_and_deterministic(prepared, source_dir, tmp_path):
     out, manifest, _ = prepared
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
     log: list[str] = []
-    assert prepare(slice_dir, log=log.append) == manifest
+    assert prepare(source_dir, log=log.append) == manifest
     assert any("up to date" in line for line in log)
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
     again = tmp_path / "again"
-    prepare(slice_dir, again, force=True, log=lambda line: None)
+    prepare(source_dir, again, force=True, log=lambda line: None)
     for name in ("tiny.train.tokens", "tiny.valid.tokens", "tiny.test.tokens", "MANIFEST.json"):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
-def test_prepare_rebuilds_a_damaged_output(prepared, slice_dir):
+def test_prepare_rebuilds_a_damaged_output(prepared, source_dir):
     out, manifest, _ = prepared
     path = out / "tiny.valid.tokens"
     original = path.read_bytes()
     path.write_bytes(original[:-100])
     log: list[str] = []
-    prepare(slice_dir, log=log.append)
+    prepare(source_dir, log=log.append)
     assert not any("up to date" in line for line in log)
     assert path.read_bytes() == original
 
@@ -172,32 +208,36 @@ def _copy_stories(source: Path, target: Path, count: int) -> None:
     target.write_text(text[:end], encoding="utf-8")
 
 
-def test_an_unknown_copy_is_reported_unverified_and_still_used(slice_dir, tmp_path):
+def test_an_unknown_copy_is_reported_unverified_and_still_used(source_dir, tmp_path):
+    """A changed copy is used as the user's own: the first 1,200 stories of train.txt (all 300 of the sample's; the draw
+    moves a tenth of them to test) and valid.txt with one word changed."""
     folder = tmp_path / "mine"
     folder.mkdir()
-    _copy_stories(slice_dir / "train.txt", folder / "train.txt", 1200)
-    valid = (slice_dir / "valid.txt").read_bytes()
+    count = min(1200, len(list(tinystories.iter_stories(source_dir / "train.txt"))))
+    _copy_stories(source_dir / "train.txt", folder / "train.txt", count)
+    valid = (source_dir / "valid.txt").read_bytes()
+    valid_stories = len(list(tinystories.iter_stories(source_dir / "valid.txt")))
     (folder / "valid.txt").write_bytes(valid.replace(b"Spot", b"Spud", 1))
     log: list[str] = []
     manifest = prepare(folder, tmp_path / "out", log=log.append)
     unverified = [line for line in log if "not a known copy (unverified)" in line]
     assert [line.split(":")[0] for line in unverified] == ["train.txt", "valid.txt"]
     assert not any("verified, sha256 matches" in line for line in log)
-    assert {split: entry["stories"] for split, entry in manifest["splits"].items()} == {"train": 200, "valid": 1000, "test": 1000}
+    assert {split: entry["stories"] for split, entry in manifest["splits"].items()} == {"train": count - count // 10, "valid": valid_stories, "test": count // 10}
     assert (tmp_path / "out" / "tiny.valid.tokens").read_text().startswith("<bos> spud .")
 
 
 @pytest.mark.parametrize(("train", "message"), [
     ("", "is empty"),
     ("Once upon a time.\nThe end.\n", "no <|endoftext|> line"),
-    ("A story.\n<|endoftext|>\n" * 5, "holds 5 stories"),
+    ("A story.\n<|endoftext|>\n" * 9, "holds 9 stories; this split rule needs at least 10"),
     (b"caf\xe9\n<|endoftext|>\n", "is not UTF-8"),
 ])
-def test_unusable_sources_are_rejected_clearly(slice_dir, tmp_path, train, message):
+def test_unusable_sources_are_rejected_clearly(source_dir, tmp_path, train, message):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "train.txt").write_bytes(train if isinstance(train, bytes) else train.encode())
-    (folder / "valid.txt").write_bytes((slice_dir / "valid.txt").read_bytes())
+    (folder / "valid.txt").write_bytes((source_dir / "valid.txt").read_bytes())
     with pytest.raises(DataError, match=message.replace("|", r"\|")):
         prepare(folder, tmp_path / "out", log=lambda line: None)
     assert not (tmp_path / "out" / "MANIFEST.json").exists()
@@ -350,8 +390,8 @@ def test_data_dir_defaults_to_the_repository(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # vocabulary and embeddings
 
-def test_vocabulary_has_the_specials_first_exact_size_and_frequent_glove_words(vocab, prepared):
-    assert len(vocab) == 5000 and len(vocab.stoi) == 5000
+def test_vocabulary_has_the_specials_first_exact_size_and_frequent_glove_words(vocab, vsize, prepared):
+    assert len(vocab) == vsize and len(vocab.stoi) == vsize
     assert vocab.itos[:4] == [PAD, UNK, BOS, EOS] == list(SPECIALS)
     assert (vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id) == (0, 1, 2, 3)
     index = glove.glove_index(50)
@@ -394,9 +434,9 @@ def test_encode_decode_round_trip_with_unknown_words(vocab):
     assert [t.dtype for t in encoded] == [torch.long, torch.long] and encoded[0].tolist() == ids and len(encoded[1]) == 2
 
 
-def test_embedding_matrix_rows(vocab, data_home):
+def test_embedding_matrix_rows(vocab, vsize, data_home):
     matrix = embedding_matrix(vocab)
-    assert matrix.dtype == torch.float32 and matrix.shape == (5000, 50)
+    assert matrix.dtype == torch.float32 and matrix.shape == (vsize, 50)
     package = np.load(glove._package_dir() / "glove_6B_50d_emb.npy", mmap_mode="r")
     assert torch.equal(matrix[vocab.stoi["the"]], torch.from_numpy(np.array(package[0])))
     assert torch.equal(matrix[vocab.stoi["dog"]], torch.from_numpy(np.array(package[glove.glove_index(50)["dog"]])))
@@ -411,13 +451,13 @@ def test_embedding_matrix_rows(vocab, data_home):
     assert 0.2 < float((bos.double() / spread).std()) < 5
 
 
-def test_embedding_matrix_is_cached_and_the_cache_is_best_effort(vocab, data_home, tmp_path, monkeypatch):
+def test_embedding_matrix_is_cached_and_the_cache_is_best_effort(vocab, vsize, data_home, tmp_path, monkeypatch):
     first = embedding_matrix(vocab)
     cached = list((data_home / "cache").glob("embedding_50d_*.npy"))
     assert len(cached) == 1
     assert torch.equal(embedding_matrix(vocab), first)
-    np.save(cached[0], np.ones((5000, 50), dtype=np.float32))
-    assert torch.equal(embedding_matrix(vocab), torch.ones(5000, 50)), "the second call must read the cache"
+    np.save(cached[0], np.ones((vsize, 50), dtype=np.float32))
+    assert torch.equal(embedding_matrix(vocab), torch.ones(vsize, 50)), "the second call must read the cache"
     cached[0].unlink()
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -9,9 +9,10 @@ Then each mistake catalogued in autograder/mistakes/<assignment>.toml is run (it
 cells down to its tests), and what each check outputs under it goes to <assignment>.mistakes.pt beside
 the public and hidden references, so a failing check can name the mistake. A mistake whose edit
 changes no check's output is an error: the catalogue would promise a message no student can get.
-Usage: python tools/record_references.py [assignment ...]
+Usage: python tools/record_references.py [assignment ...]   (make references [ASSIGNMENT=NN_name,...])
 """
 
+import argparse
 import json
 import shutil
 import sys
@@ -98,6 +99,18 @@ def record_mistakes(assignment: str, root=ROOT) -> None:
     print(f"{assignment}: {len(catalogue)} catalogued mistakes recorded")
 
 
-if __name__ == "__main__":
-    for name in sys.argv[1:] or assignments():
+def main(argv: list[str] | None = None) -> None:
+    known = assignments()
+    parser = argparse.ArgumentParser(description="Execute solution notebooks and record their public and hidden references "
+                                                 "and the outputs of their catalogued mistakes (make references).")
+    parser.add_argument("assignments", nargs="*", metavar="assignment", help=f"which to record (default: all: {', '.join(known)})")
+    chosen = parser.parse_args(argv).assignments
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        parser.error(f"no solution notebook for {', '.join(unknown)}; the assignments are {', '.join(known)}")
+    for name in chosen or known:
         record(name)
+
+
+if __name__ == "__main__":
+    main()
