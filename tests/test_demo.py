@@ -1,5 +1,7 @@
 """`make demo`, as the README's first command: a generated class graded by the real `make grade`, then its summary."""
 
+import html
+
 import pytest
 
 from conftest import make
@@ -58,3 +60,17 @@ def test_a_forbidden_built_in_and_a_hostile_student_score_nothing_for_those_cell
     assert float(eve_03["test_rnn_step"]["score"]) == 0 and full(eve_03["test_lstm_step"])
     assert float(eve_04["test_masked_softmax"]["score"]) == 0
     assert "Why points were lost" in printed and "eve" in printed[printed.index("Why points were lost"):]
+
+
+def test_the_demo_class_gets_its_course_reports(demo):
+    folder, printed = demo
+    wide = {row["student_id"]: row for row in read_csv(folder / "reports/grades_wide.csv")}
+    for row in read_csv(folder / "grades.csv"):
+        assert float(wide[row["student_id"]][row["assignment"]]) == float(row["score"])
+    report = (folder / "reports/report.html").read_text()
+    assert report.count("data:image/png;base64,") == 2 and "<script" not in report
+    for assignment, made in MISTAKES_MADE.items():  # chen's mistakes, counted in the named-mistakes table
+        for mistake in (m for m in mistakes(assignment) if m.id in made):
+            assert html.escape(mistake.title) in report, mistake.id
+    assert (folder / "reports/manual/04_attention.html").exists() and str(folder / "reports") in printed
+
