@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import resource
 import select
 import shutil
@@ -189,24 +190,36 @@ def clean_up(child: int, in_sandbox: bool) -> bool:
             break
     if not in_sandbox:
         return True
-    keep = os.getcwd()  # the jobs folder, bound from the grader's disk (under /tmp when the grading output is)
+    keep = kept_paths()
     for folder in WIPED:
         if os.path.isdir(folder):
             wipe(folder, keep)
-    return all(set(os.listdir(folder)) <= {_next_part(folder, keep)} for folder in WIPED if os.path.isdir(folder))
+    return all(set(os.listdir(folder)) <= _ways_to(folder, keep) for folder in WIPED if os.path.isdir(folder))
 
 
-def _next_part(folder: str, keep: str) -> str | None:
-    """The name of the entry of `folder` that leads to `keep`, if `keep` is below `folder`."""
-    return keep[len(folder) + 1:].split("/")[0] if keep.startswith(folder + "/") else None
+def kept_paths() -> list[str]:
+    """What the wipe leaves: the jobs folder and every folder the sandbox bound under /tmp or /dev/shm (the grading
+    output's, a course data folder), which are the grader's, not the child's (and the read-only ones cannot go)."""
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            points = [re.sub(r"\\([0-7]{3})", lambda code: chr(int(code.group(1), 8)), line.split(" ")[4]) for line in mounts]
+    except OSError:
+        points = []
+    return [os.getcwd(), *(point for point in points if any(point.startswith(folder + "/") for folder in WIPED))]
 
 
-def wipe(folder: str, keep: str) -> None:
-    """Remove everything in `folder` but the way to `keep` (whose own contents the grader removes)."""
+def _ways_to(folder: str, keep: list[str]) -> set[str]:
+    """The names of the entries of `folder` that lead to a path in `keep`."""
+    return {path[len(folder) + 1:].split("/")[0] for path in keep if path.startswith(folder + "/")}
+
+
+def wipe(folder: str, keep: list[str]) -> None:
+    """Remove everything in `folder` but the ways to the paths in `keep` (whose own contents are not the child's)."""
+    ways = _ways_to(folder, keep)
     for name in os.listdir(folder):
         path = os.path.join(folder, name)
-        if name == _next_part(folder, keep):
-            if path != keep:
+        if name in ways:
+            if path not in keep:
                 wipe(path, keep)
         elif os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
