@@ -181,6 +181,18 @@ class Formgrader:
         return self.process.returncode, True
 
 
+def served_grading_page(course: Course, assignment: str, student: str, log: Path) -> tuple[int, str]:
+    """(status, HTML) of formgrader's grading page of `student`'s `assignment`, from a real Jupyter server started for it."""
+    server = Formgrader(course, log)
+    try:
+        server.wait_until_ready()
+        notebooks = server.api("GET", f"submitted_notebooks/{assignment}/{assignment}")
+        notebook_id = next(n["id"] for n in notebooks if n["student"] == student)
+        return server.call("GET", f"/formgrader/submissions/{notebook_id}/")
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def course(tmp_path_factory) -> Course:
     """A class of one student, who handed in 04_attention solved, with a written answer of her own."""

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 from submissions import insert_code_cell, read_csv, solved, submit
-from test_formgrader import Course, Formgrader, grade_class, isolated_env
+from test_formgrader import Course, grade_class, isolated_env, served_grading_page
 
 sys.path.insert(0, str(ROOT / "autograder"))
 import inert  # noqa: E402
@@ -159,14 +159,7 @@ def graded(course) -> dict:
 @pytest.fixture(scope="module")
 def grading_page(course, graded, tmp_path_factory) -> tuple[int, str]:
     """formgrader's grading page of the hostile submission, from the real Jupyter server."""
-    server = Formgrader(course, tmp_path_factory.mktemp("server") / "jupyter.log")
-    try:
-        server.wait_until_ready()
-        notebooks = server.api("GET", f"submitted_notebooks/{ASSIGNMENT}/{ASSIGNMENT}")
-        notebook_id = next(n["id"] for n in notebooks if n["student"] == "hostile")
-        return server.call("GET", f"/formgrader/submissions/{notebook_id}/")
-    finally:
-        server.stop()
+    return served_grading_page(course, ASSIGNMENT, "hostile", tmp_path_factory.mktemp("server") / "jupyter.log")
 
 
 def printed(notebook: nbformat.NotebookNode) -> str:

@@ -26,7 +26,7 @@ import pytest
 
 from conftest import BIN, ROOT
 from submissions import solved, submit
-from test_formgrader import Course, Formgrader, free_port, grade_class, isolated_env
+from test_formgrader import Course, free_port, grade_class, isolated_env, served_grading_page
 from test_grading_inert import MARK, Page, executable_markup, with_markdown_cell
 
 sys.path.insert(0, str(ROOT / "autograder"))
@@ -160,14 +160,7 @@ def feedback(course) -> str:
 @pytest.fixture(scope="module")
 def grading_page(course, feedback, tmp_path_factory) -> tuple[int, str]:
     """formgrader's grading page of the submission, from the real Jupyter server."""
-    server = Formgrader(course, tmp_path_factory.mktemp("server") / "jupyter.log")
-    try:
-        server.wait_until_ready()
-        notebooks = server.api("GET", f"submitted_notebooks/{ASSIGNMENT}/{ASSIGNMENT}")
-        notebook_id = next(n["id"] for n in notebooks if n["student"] == STUDENT)
-        return server.call("GET", f"/formgrader/submissions/{notebook_id}/")
-    finally:
-        server.stop()
+    return served_grading_page(course, ASSIGNMENT, STUDENT, tmp_path_factory.mktemp("server") / "jupyter.log")
 
 
 def assert_shows_the_math_as_mathml(page: str, expected: list[str]) -> None:

@@ -15,7 +15,6 @@ The class, for 03_rnn_lstm and 04_attention (the release notebooks, filled in as
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests")]
 
 from notebooks import mistakes, with_mistake  # noqa: E402
-from submissions import answer_cells, release_notebook, solution_sources, solved, submit  # noqa: E402
+from submissions import answer_cells, read_csv, release_notebook, solution_sources, solved, submit  # noqa: E402
 
 ASSIGNMENTS = ("03_rnn_lstm", "04_attention")
 WRITTEN_ANSWER = (
@@ -90,21 +89,16 @@ def build(folder: Path) -> Path:
     return submitted
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def summary(folder: Path) -> str:
     """The per-student table, the cells that lost points and why, and the paths to look at."""
-    totals = read_rows(folder / "grades.csv")
+    totals = read_csv(folder / "grades.csv")
     students = sorted({row["student_id"] for row in totals})
     assignments = sorted({row["assignment"] for row in totals})
     score = {(row["student_id"], row["assignment"]): f"{float(row['score']):g} / {float(row['max_score']):g}" for row in totals}
     width = max(len(a) for a in assignments) + 2
     lines = ["", "student".ljust(10) + "".join(a.rjust(width) for a in assignments)]
     lines += [student.ljust(10) + "".join(score.get((student, a), "-").rjust(width) for a in assignments) for student in students]
-    lost = [row for row in read_rows(folder / "grades_by_test.csv") if float(row["score"]) < float(row["max_score"]) and row["note"]]
+    lost = [row for row in read_csv(folder / "grades_by_test.csv") if float(row["score"]) < float(row["max_score"]) and row["note"]]
     lines += ["", "Why points were lost (grades_by_test.csv, first line of each note):"]
     for row in lost:
         if row["student_id"] != "ben":  # the blank notebook: every cell, for the same reason
