@@ -70,6 +70,7 @@ pdf: $(READY) ## Export notebooks to PDF, each next to its notebook (NB=path/to.
 release: $(READY) ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
 	$(BIN)/python tools/from_scratch_notes.py  # each answer cell's "Not allowed here" line, from its metadata
+	$(BIN)/python tools/export_helpers.py  # shared modules generated from solution cells (shared/attention.py, ...)
 	cd autograder && for assignment in $(ASSIGNMENTS); do \
 		$(BIN)/nbgrader generate_assignment $$assignment --force --log-level=WARN || exit 1; done
 
@@ -100,8 +101,8 @@ formgrader: $(READY) ## Open nbgrader's formgrader to grade written answers by h
 		kill -0 $$server 2>/dev/null || exit 0; sleep 0.5; done; echo "Jupyter is serving formgrader (Ctrl-C stops it):"; echo "formgrader: $$url/formgrader?token=$$JUPYTER_TOKEN"; } & \
 	exec $(BIN)/jupyter lab --no-browser --log-level=WARN --port=$(or $(FORMGRADER_PORT),8888) --ServerApp.port_retries=0 --LabApp.default_url=/formgrader $(if $(filter 0,$(shell id -u)),--allow-root)
 
-student-bundle: $(READY) ## Build dist/student-bundle(.tar.gz): what students clone
-	$(BIN)/python tools/student_bundle.py
+student-bundle: $(READY) ## Build dist/student-bundle(.tar.gz): what students clone (ASSIGNMENTS=NN_name[,...]: only those)
+	$(BIN)/python tools/student_bundle.py $(if $(filter command line,$(origin ASSIGNMENTS)),--assignments "$(ASSIGNMENTS)")
 
 lock: ## Re-record requirements.lock from the current .venv
 	{ echo "# Exact versions of the whole environment, used as constraints by 'make setup' (pip install -c)."; \
