@@ -706,6 +706,14 @@ def use_sandbox(output: Path, cpus_per_kernel: int) -> bool:
     """Route kernels through sandbox.py when bubblewrap is here; returns whether it is used."""
     if os.environ.get("GRADING_SANDBOX") == "0" or not shutil.which("bwrap"):
         return False
+    import sandbox
+
+    failure = sandbox.sandbox_failure()
+    if failure:
+        raise SystemExit(f"bubblewrap is installed but cannot start a sandbox on this machine: {failure}\n"
+                         "Grading stopped before any kernel ran, so no grade was touched. In a container, bwrap needs user "
+                         "namespaces (or, as root, permission to create mount namespaces). To grade without the sandbox "
+                         "(students' kernels could then read autograder/references/), run with GRADING_SANDBOX=0.")
     kernels = output / ".grading" / "kernels" / "course-sandbox"
     kernels.mkdir(parents=True, exist_ok=True)
     spec = {"argv": [sys.executable, str(HERE / "sandbox.py"), "--cpus", str(cpus_per_kernel), "{connection_file}"],

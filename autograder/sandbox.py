@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,6 +109,29 @@ def prepare_scratch(scratch: Path, here: Path) -> None:
             shutil.copyfile(entry, scratch / entry.name, follow_symlinks=False)
 
 
+# bwrap's identity arguments: as root the inner stage drops to a user id of its own (it keeps the two capabilities that
+# takes); as a normal user the sandbox is a user namespace in which the kernel is nobody.
+ROOT_IDENTITY = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+USER_IDENTITY = ["--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
+
+
+def sandbox_failure() -> str | None:
+    """Why bubblewrap cannot start this course's sandbox here (its own words), or None when it can.
+
+    A container without the privileges bwrap needs (no user namespaces, no mount namespaces) refuses every sandbox:
+    grading must know before the first kernel, or each student would score 0 for a kernel that never started.
+    """
+    identity = ROOT_IDENTITY if os.geteuid() == 0 else USER_IDENTITY
+    command = allow_list(identity, [], []) + ["--chdir", "/tmp", str(PYTHON), "-I", "-c", "import sys"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{type(error).__name__}: {error}"
+    if result.returncode == 0:
+        return None
+    return (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+
+
 def identity_and_limits(name: str, cpus: float, writable: list[Path], extra_files: list[str]) -> tuple[list[str], list[str]]:
     """(bwrap's identity arguments, the inner stage's limit arguments) for a sandboxed process; as root, also enter its cgroup."""
     if os.geteuid() == 0:
@@ -116,10 +140,10 @@ def identity_and_limits(name: str, cpus: float, writable: list[Path], extra_file
         give_to(uid, writable, extra_files)
         # The whole process, with whatever it starts or detaches, shares one CPU quota, memory limit and process count.
         isolation.enter(f"{name}-{os.getpid()}", isolation.Limits(cpus, MEMORY_BYTES, EXTRA_PROCESSES))
-        identity = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        identity = ROOT_IDENTITY
     else:
         uid, tasks = 0, tasks_of_this_user()
-        identity = ["--unshare-user", "--uid", "65534", "--gid", "65534", "--cap-drop", "ALL"]
+        identity = USER_IDENTITY
     return identity, [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid), str(KERNEL_NICENESS)]
 
 

@@ -150,3 +150,18 @@ def test_student_bundle_target_builds_one_assignment():
     assert "03_rnn_lstm" in result.stdout
     refused = make("student-bundle", "ASSIGNMENTS=03_rnn_lstm,07_gpt", check=False)
     assert refused.returncode != 0 and "07_gpt needs shared/lstm_lm.py" in refused.stderr + refused.stdout
+
+
+def test_export_tool_reports_nothing_out_of_date():
+    """The modules match their cells, and every answer cell of 03 and 04 forbids what their modules define."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "export_helpers.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from notebooks import forbidden
+
+    import nbformat
+
+    for assignment, names in {"04_attention": ["shared.attention.masked_softmax", "shared.attention.DotProductAttention"],
+                              "03_rnn_lstm": ["shared.lstm_lm.LSTM", "shared.lstm_lm.LSTMLM"]}.items():
+        notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+        answers = [c for c in notebook.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
+        assert answers and all(set(names) <= set(forbidden(c)) for c in answers), assignment

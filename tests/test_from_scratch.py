@@ -53,7 +53,7 @@ def test_forbidden_lists_name_real_public_objects_and_sit_on_solution_cells(assi
     for names in listed.values():
         assert len(names) == len(set(names))
         for name in names:
-            assert name.startswith("torch.") and resolve(name) is not None, name
+            assert name.startswith(("torch.", "shared.")) and resolve(name) is not None, name
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -67,7 +67,7 @@ def test_release_shows_each_exercise_what_it_may_not_use(assignment):
         assert cell.source.startswith(note), f"{grade_id}: run python tools/from_scratch_notes.py"
         assert released[grade_id].source.startswith(note), f"{grade_id}: run make release"
         if note:
-            shown = re.findall(r"torch[\w.]+", note)
+            shown = re.findall(r"(?:torch|shared)[\w.]+", note)
             assert shown == forbidden(cell)
         else:
             assert "Not allowed here" not in released[grade_id].source
@@ -254,6 +254,14 @@ CAUGHT = {
     "sdpa_lambda": (SDPA, "def step(x, h):\n    return (lambda q: torch.nn.functional.scaled_dot_product_attention(q, q, q))(x[None])",
                     "torch.nn.functional.scaled_dot_product_attention"),
     "tensor_method": (SOFTMAX, "def step(x, h):\n    return x.softmax(0)", "torch.Tensor.softmax"),
+    # the course package's modules generated from an assignment's answers (tools/export_helpers.py), which the grading
+    # kernel can import: forbidden in that assignment's answer cells
+    "course_answer_function": (["shared.attention.masked_softmax", "shared.attention.DotProductAttention"],
+                               "from shared.attention import masked_softmax as given\ndef step(x, h):\n    return given(x[None], None)",
+                               "shared.attention.masked_softmax"),
+    "course_answer_class": (["shared.lstm_lm.LSTM", "shared.lstm_lm.LSTMLM"],
+                            "import shared.lstm_lm\ndef step(x, h):\n    return shared.lstm_lm.LSTMLM(5, 3, 4)(torch.zeros(1, 2, dtype=torch.long))[0]",
+                            "shared.lstm_lm.LSTMLM"),
     "helper_in_other_cell": (LSTM, "def helper(x, h):\n    return torch.lstm_cell(x, (h, h), W, U)\n"
                                    "def step(x, h):\n    return helper(x, h)", "torch.lstm_cell"),
 }

@@ -4,7 +4,8 @@ A later notebook sometimes builds on an earlier exercise (05 and 06 attend with 
 compares with 03's `LSTMLM`). Such a module is generated, never written by hand, so it cannot drift from the
 answer: a solution cell whose metadata says `"course": {"export": "shared/attention.py"}` is copied there, without
 its solution markers and its "Not allowed here" note, below the module header that HEADERS gives (the
-way d2l's `#@save` cells build its package). `make release` runs this; tests/test_bundle.py fails while a module
+way d2l's `#@save` cells build its package). Every answer cell of the notebook a module comes from forbids the
+module's functions and classes (course.forbidden), since the grading kernel can import them. `make release` runs this; tests/test_bundle.py fails while a module
 and its cells disagree, and `make student-bundle` uses EXPORTS to keep each module out of the bundle that
 releases its exercise.
 
@@ -14,6 +15,8 @@ Usage: python tools/export_helpers.py [--check]   (--check: only report out-of-d
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,17 +111,50 @@ def source_assignments() -> dict[str, set[str]]:
     return exports
 
 
+def public_names(text: str) -> list[str]:
+    """The functions and classes a module's text defines at its top level, private ones (_name) left out."""
+    return [node.name for node in ast.parse(text).body
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_")]
+
+
+def with_exports_forbidden(path: Path, texts: dict[str, str]) -> tuple[str, str]:
+    """(a solution notebook's text, its text with every answer cell forbidding what the notebook's exported modules define).
+
+    The kernel that grades an assignment can import the whole course package, so the answers generated from its
+    cells (shared/attention.py while 04 is graded) are forbidden in all of its answer cells, the way a built-in is;
+    the release's "Not allowed here" notes (from_scratch_notes.py) then name them too.
+    """
+    text = path.read_text(encoding="utf-8")
+    notebook = json.loads(text)
+    exported = [cell.get("metadata", {}).get("course", {}).get("export") for cell in notebook["cells"]]
+    dotted = [f"{module.removesuffix('.py').replace('/', '.')}.{name}"
+              for module in dict.fromkeys(filter(None, exported)) for name in public_names(texts[module])]
+    for cell in notebook["cells"]:
+        if dotted and cell["cell_type"] == "code" and cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            course = cell["metadata"].setdefault("course", {})
+            course["forbidden"] = list(course.get("forbidden", [])) + [name for name in dotted if name not in course.get("forbidden", [])]
+    return text, json.dumps(notebook, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report modules that are out of date; change nothing")
     args = parser.parse_args()
     stale = []
-    for module, text in module_texts(exported_cells()).items():
+    texts = module_texts(exported_cells())
+    for module, text in texts.items():
         path = ROOT / module
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             stale.append(module)
             if not args.check:
                 path.write_text(text, encoding="utf-8")
+    for assignment in assignments():
+        path = SOLUTIONS / assignment / f"{assignment}.ipynb"
+        before, after = with_exports_forbidden(path, texts)
+        if before != after:
+            stale.append(str(path.relative_to(ROOT)) + " (its answer cells must forbid its exported modules)")
+            if not args.check:
+                path.write_text(after, encoding="utf-8")
     for module in stale:
         print(f"{'out of date' if args.check else 'written'}: {module}")
     return 1 if args.check and stale else 0
