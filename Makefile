@@ -21,7 +21,7 @@ comma := ,
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test demo lab check pdf release references grade export report student-bundle formgrader lock clean data
+.PHONY: help setup test demo lab check pdf run release references grade export report student-bundle formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -64,8 +64,11 @@ lab: $(READY) ## Open the notebooks in JupyterLab
 check: $(READY) ## Run notebooks headless and print each exercise's visible checks (NB=path/to.ipynb, FULL=1 full-size training)
 	@$(BIN)/python -m shared.notebook_check $(if $(filter 1,$(FULL)),--full) "$(or $(NB),notebooks)"
 
-pdf: $(READY) ## Export notebooks to PDF, each next to its notebook (NB=path/to.ipynb; default: every notebook in notebooks/)
-	$(BIN)/python -m shared.pdf $(NB)
+pdf: $(READY) ## Export notebooks to PDF, each next to its notebook (NB=path/to.ipynb, run first; default: every notebook in notebooks/; FORCE=1)
+	@$(BIN)/python -m shared.pdf $(if $(filter 1,$(FORCE)),--force) $(NB)
+
+run: $(READY) ## Run a notebook top to bottom and save it with its outputs, as Run All Cells would (NB=path/to.ipynb; COURSE_FAST=1 quick)
+	@$(BIN)/python -m shared.run_notebook $(if $(NB),"$(NB)")
 
 release: $(READY) ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }

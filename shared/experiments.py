@@ -14,7 +14,6 @@ mean ± std over seeds for several models side by side.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
-from shared.training import set_seed
+from shared.training import progress_bar, set_seed
 
 LossFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 METRICS = ("train_loss", "valid_loss", "train_accuracy", "valid_accuracy")
@@ -104,7 +102,7 @@ def train(
 
     log(0)
     order, position = torch.randperm(n_train, generator=generator), 0
-    bar = tqdm(range(1, steps + 1), desc=desc, file=sys.stdout, disable=not progress, mininterval=0.5)
+    bar = progress_bar(range(1, steps + 1), desc=desc, disable=not progress, mininterval=0.5)
     for step in bar:
         if position >= n_train:
             order, position = torch.randperm(n_train, generator=generator), 0

@@ -14,14 +14,14 @@ Conventions (those of the attention notebooks):
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from shared.training import progress_bar
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 
@@ -156,7 +156,7 @@ def train_seq2seq(model: EncoderDecoder, data: Seq2SeqData, *, steps: int, batch
     generator = torch.Generator().manual_seed(seed)
     order, position, losses = torch.randperm(len(data), generator=generator), 0, []
     with one_cpu_thread(device):
-        progress = tqdm(range(steps), desc="training", file=sys.stdout)
+        progress = progress_bar(range(steps), desc="training")
         for _ in progress:
             if position + batch_size > len(data):
                 order, position = torch.randperm(len(data), generator=generator), 0

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 FAST_ENV = "COURSE_FAST"
+WIDGET_BAR = any(base.__module__ == "tqdm.notebook" for base in tqdm.__mro__)  # tqdm.auto chose the Jupyter widget: this runs in a notebook kernel
 
 
 def fast_mode() -> bool:
@@ -23,6 +24,57 @@ def set_seed(seed: int) -> None:
     """Seed Python's and PyTorch's random number generators."""
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+class ProgressBar(tqdm):
+    """tqdm.auto's bar (a live widget in Jupyter, text in a terminal) that ends as one line of plain text.
+
+    A notebook saved after a headless run (nbconvert, `make run`) keeps only the widget's text form as it was
+    when first shown, a frozen "0%", and that is what its PDF prints. So when the bar closes, its output is
+    replaced by `final_line()`, in the notebook and in every saved copy alike.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("file", sys.stdout)  # a check cell that writes to stderr scores 0
+        if WIDGET_BAR:
+            kwargs["display"] = False  # shown below with a display id, so that close() can replace it
+        else:
+            kwargs.setdefault("leave", False)  # the final line takes the bar's place
+        super().__init__(*args, **kwargs)
+        self.shown = None
+        if WIDGET_BAR and not self.disable:
+            from IPython.display import display
+
+            self.shown = display(self.container, display_id=True)
+            self.displayed = True
+
+    def final_line(self) -> str:
+        """e.g. 'training: 200/200 steps, loss 1.234, 4.1 s'."""
+        count = f"{self.n:,}/{self.total:,}" if self.total else f"{self.n:,}"
+        parts = [f"{count} {self.unit}"]
+        if self.postfix:
+            parts.append(self.postfix.replace("=", " "))
+        parts.append(f"{self.format_dict['elapsed']:.1f} s")
+        return (f"{self.desc}: " if self.desc else "") + ", ".join(parts)
+
+    def close(self) -> None:
+        """Close the bar and leave its final line in its place."""
+        if self.disable:
+            return super().close()
+        line = self.final_line()
+        super().close()
+        if self.shown is not None:
+            self.shown.update({"text/plain": line}, raw=True)
+            for widget in (*self.container.children, self.container):
+                widget.close()  # the kernel side of a finished bar need not outlive it
+        else:
+            self.fp.write(line + "\n")
+            self.fp.flush()
+
+
+def progress_bar(iterable=None, *, desc: str, total: int | None = None, unit: str = "steps", **options) -> ProgressBar:
+    """A progress bar over `iterable` (or updated by hand up to `total`) that ends as a text line; options go to tqdm."""
+    return ProgressBar(iterable, desc=desc, total=total, unit=unit, **options)
 
 
 def train_language_model(
@@ -41,7 +93,7 @@ def train_language_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses: list[float] = []
     stream, epoch = iter(()), 0
-    progress = tqdm(range(steps), desc="training", file=sys.stdout)
+    progress = progress_bar(range(steps), desc="training")
     for _ in progress:
         try:
             inputs, targets = next(stream)
