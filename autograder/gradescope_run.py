@@ -139,8 +139,8 @@ def tests(output: Path, run: Run) -> list[dict]:
         elif score >= max_score:
             text = "\n".join(filter(None, ["Passed.", texts.get(row["grade_id"], "")]))
         else:
-            detail = texts.get(row["grade_id"], "")
-            text = "\n".join(filter(None, [note, detail if detail and detail not in note else ""])) or "Lost points."
+            detail = texts.get(row["grade_id"], "")  # the whole message, when the note is its first line
+            text = (detail if note and note in detail else "\n".join(filter(None, [note, detail]))) or "Lost points."
         found.append({"name": row["grade_id"], "score": score, "max_score": max_score, "output": text[:MAX_OUTPUT],
                       "visibility": run.visibility})
     return found
@@ -154,7 +154,9 @@ def results_for(run: Run) -> dict:
         return {"score": 0.0, "output": problem, "tests": [], "execution_time": 0}
     output, log = grade(run, stage(run, notebook))
     graded = tests(output, run)
-    summary = f"Graded {run.assignment}: {sum(t['score'] for t in graded):g} of {sum(t['max_score'] for t in graded):g} points."
+    by_hand = sum(t["max_score"] for t in graded if t["output"].startswith("Written answer, graded by hand"))
+    summary = (f"Graded {run.assignment}: {sum(t['score'] for t in graded):g} of {sum(t['max_score'] for t in graded) - by_hand:g} "
+               f"autograded points" + (f"; {by_hand:g} more points for written answers, graded by hand." if by_hand else "."))
     isolation = next((line for line in log.splitlines() if line.startswith(("Isolation:", "No sandbox:"))), "")
     return {"score": round(sum(t["score"] for t in graded), 4), "output": summary, "tests": graded,
             "execution_time": round(time.monotonic() - started), "stdout_visibility": "hidden",
