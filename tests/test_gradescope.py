@@ -71,18 +71,18 @@ def autograder(tmp_path_factory) -> Path:
     return root
 
 
-def run_autograder(root: Path, files: dict[str, nbformat.NotebookNode | str]) -> dict:
-    """Upload `files` as a submission, run run_autograder as Gradescope does, and return results.json."""
+def run_autograder(root: Path, files: dict[str, nbformat.NotebookNode | str], path: str | None = None) -> dict:
+    """Upload `files` as a submission, run run_autograder as Gradescope does (PATH: `path`), and return results.json."""
     for folder in ("submission", "results"):
         shutil.rmtree(root / folder, ignore_errors=True)
         (root / folder).mkdir(parents=True)
     for name, content in files.items():
-        path = root / "submission" / name
+        upload = root / "submission" / name
         if isinstance(content, str):
-            path.write_text(content)
+            upload.write_text(content)
         else:
-            nbformat.write(content, path)
-    result = subprocess.run([str(root / "source" / "run_autograder")], env={**os.environ, "GRADESCOPE_ROOT": str(root)},
+            nbformat.write(content, upload)
+    result = subprocess.run([str(root / "source" / "run_autograder")], env={**os.environ, "GRADESCOPE_ROOT": str(root), "PATH": path or os.environ["PATH"]},
                             capture_output=True, text=True, timeout=900)
     assert (root / "results" / "results.json").is_file(), result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((root / "results" / "results.json").read_text())
@@ -167,3 +167,13 @@ def test_make_gradescope_names_the_assignment_it_needs():
     assert result.returncode != 0 and "make gradescope ASSIGNMENT=NN_name" in result.stdout + result.stderr
     result = make("gradescope", "ASSIGNMENT=4_attention", check=False)
     assert result.returncode != 0 and "Unknown assignment 4_attention" in result.stdout + result.stderr
+
+
+def test_a_container_where_bwrap_cannot_sandbox_still_grades_and_says_so(autograder, tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: Operation not permitted' >&2\nexit 1\n")
+    (fake / "bwrap").chmod(0o755)
+    results = run_autograder(autograder, {f"{ASSIGNMENT}.ipynb": solved(ASSIGNMENT)}, path=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    assert results["score"] == 25.0
+    assert results["extra_data"]["isolation"].startswith("Isolation: none")
