@@ -1,10 +1,10 @@
-"""Helpers shared by the course notebooks: checks, data, training, plotting, device choice."""
+"""Helpers shared by the course notebooks: checks, data, training, plotting, device and thread choice."""
 
 import importlib
 
 # Imported on first use, so that tools which only need a small part of the package (the PDF
 # exporter that Jupyter's server loads, `make check`) do not pay for importing torch.
-_EXPORTS = {"CheckFailed": "shared.checks", "Checker": "shared.checks", "pick_device": "shared.device", "fast_mode": "shared.training"}
+_EXPORTS = {"CheckFailed": "shared.checks", "Checker": "shared.checks", "pick_device": "shared.device", "use_threads": "shared.device", "fast_mode": "shared.training"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,8 +1,19 @@
-"""Pick the device a notebook trains on; reference checks always run on the CPU."""
+"""Pick the device a notebook trains on, and how many CPU threads PyTorch uses; reference checks always run on the CPU."""
+
+from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+
+THREADS_ENV = "COURSE_THREADS"  # an explicit thread count, for people who know their machine better
+# Set by the grader for its kernels (autograder/grade.py, passed into the sandbox): its choice stands.
+INHERITED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# PyTorch's own choice when this module is first imported (its physical cores, unless something set it before).
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -15,3 +26,79 @@ def pick_device(preferred: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The number of intra-op threads PyTorch uses, and why; prints as '1 (fast mode: ...)'."""
+
+    count: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.count} ({self.reason})"
+
+
+def choose_threads(cores: int, *, fast: bool, large_model: bool, load: float | None = None,
+                   override: str | None = None, inherited: str | None = None) -> tuple[int | None, str]:
+    """The course's thread policy: (threads to use, or None to keep PyTorch's setting; why), measured in bench/threads.py.
+
+    cores: the threads PyTorch would use by default; load: the 1-minute load average (None where unknown);
+    override: $COURSE_THREADS; inherited: the name=value of a thread variable already set (the grader's).
+    Small models run hundreds of tiny operations per step: one thread is as fast as several on an idle
+    machine and 20-40 times faster on a busy one, where every operation waits for a descheduled thread.
+    A large model (08 at full size) uses the cores that other programs leave free.
+    """
+    if inherited:
+        return None, f"{inherited} is set: kept"
+    note = ""
+    if override is not None and override.strip():
+        if override.strip().isdigit() and int(override) >= 1:
+            return int(override), f"{THREADS_ENV}={int(override)}"
+        note = f"; {THREADS_ENV}={override.strip()!r} ignored: not a whole number of at least 1"
+    if cores <= 1:
+        return 1, "one core" + note
+    if fast:
+        return 1, "fast mode: small models run fastest on one thread" + note
+    if not large_model:
+        return 1, "small models run fastest on one thread" + note
+    busy = round(load) if load is not None else 0
+    free = max(1, cores - busy)
+    if busy <= 0:
+        return cores, f"all {cores} cores" + note
+    return free, f"{free} of {cores} cores: the load average is {load:.1f}" + note
+
+
+def thread_choice(*, large_model: bool = False, fast: bool | None = None, environ: Mapping[str, str] | None = None) -> tuple[int | None, str]:
+    """The policy (choose_threads) for this machine now: its cores, its load, fast mode and the environment."""
+    from shared.training import fast_mode
+
+    environ = os.environ if environ is None else environ
+    inherited = next((f"{name}={environ[name]}" for name in INHERITED_ENV if environ.get(name)), None)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        load = None
+    return choose_threads(TORCH_DEFAULT_THREADS, fast=fast_mode() if fast is None else fast, large_model=large_model,
+                          load=load, override=environ.get(THREADS_ENV), inherited=inherited)
+
+
+def use_threads(*, large_model: bool = False) -> ThreadChoice:
+    """Set PyTorch's intra-op threads by the course's policy (thread_choice); returns the count in use and why."""
+    count, reason = thread_choice(large_model=large_model)
+    if count is not None and count != torch.get_num_threads():
+        torch.set_num_threads(count)
+    return ThreadChoice(torch.get_num_threads(), reason)
+
+
+@contextmanager
+def threads_for(device: torch.device, *, large_model: bool = False) -> Iterator[None]:
+    """Run CPU work on the policy's thread count (use_threads), then restore the previous setting."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        use_threads(large_model=large_model)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

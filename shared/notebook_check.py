@@ -37,7 +37,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 IGNORED_STDERR = r".*(UserWarning|DeprecationWarning|FutureWarning).*"
 GRADING_TIMEOUT = 60  # seconds per cell: the autograder's default CELL_TIMEOUT
 TIMEOUT_ERROR = "CellTimeout"
-NOT_DONE = "not done yet: the cell still raises NotImplementedError"
+NOT_DONE = "not done yet: the cell still raises NotImplementedError"  # what a release's stub, `raise NotImplementedError()`, says
+LABEL_WIDTH = 50  # characters of a cell's line quoted in its label
 
 
 class BadInput(Exception):
@@ -163,10 +164,10 @@ def run(notebook: NotebookNode, folder: Path, *, fast: bool, timeout: int | None
         stopped = started[-1]
         if isinstance(error, DeadKernelError):
             add_error(notebook.cells[stopped], "KernelDied", "the kernel died while running this cell (a crash, os._exit or out of memory)")
-            note = f"the kernel died in {label(notebook.cells[stopped], stopped)}: the cells below it did not run"
+            note = f"the kernel died in {label(notebook.cells, stopped)}: the cells below it did not run"
         else:
             add_error(notebook.cells[stopped], TIMEOUT_ERROR, f"ran longer than {timeout} s and ignored the interrupt")
-            note = f"the kernel stopped answering in {label(notebook.cells[stopped], stopped)}: the cells below it did not run"
+            note = f"the kernel stopped answering in {label(notebook.cells, stopped)}: the cells below it did not run"
         for cell in notebook.cells[stopped + 1:]:
             if cell.cell_type == "code":
                 add_error(cell, "NotRun", "did not run: the kernel stopped in an earlier cell")
@@ -181,18 +182,33 @@ def add_error(cell: NotebookNode, name: str, message: str) -> None:
     cell.outputs.append(nbformat.v4.new_output("error", ename=name, evalue=message, traceback=[]))
 
 
-def label(cell: NotebookNode, index: int) -> str:
-    """A name for a cell a student can find: its grade_id, else its first line."""
+def label(cells: list[NotebookNode], index: int) -> str:
+    """A name for cells[index] that a student can find: its grade_id, else its first line, and its own line where others start alike."""
+    cell = cells[index]
     if metadata(cell).get("grade_id"):
         return f"cell {metadata(cell)['grade_id']}"
-    first_line = (cell.source.strip().splitlines() or [""])[0]
-    return f"cell {index + 1} ({first_line[:50]}{'…' if len(first_line) > 50 else ''})"
+    lines = [line.strip() for line in cell.source.splitlines() if line.strip()] or [""]
+    others = [other for position, other in enumerate(cells) if position != index and other.cell_type == "code"]
+    if not any((other.source.strip().splitlines() or [""])[0].strip() == lines[0] for other in others):
+        return f'cell "{quoted(lines[0])}"'
+    elsewhere = {line.strip() for other in others for line in other.source.splitlines()}
+    own = next((line for line in lines[1:] if line not in elsewhere), None)
+    if own is None:  # every line is in another cell too: count the code cells that start alike, which a student can see
+        alike = [position for position, other in enumerate(cells)
+                 if other.cell_type == "code" and (other.source.strip().splitlines() or [""])[0].strip() == lines[0]]
+        return f'cell "{quoted(lines[0])}" ({alike.index(index) + 1} of the {len(alike)} cells that start so)'
+    return f'cell "{quoted(lines[0])} … {quoted(own)}"'
+
+
+def quoted(line: str) -> str:
+    """A line of code cut to LABEL_WIDTH characters."""
+    return line if len(line) <= LABEL_WIDTH else line[:LABEL_WIDTH] + "…"
 
 
 def error_reason(name: str, message: str) -> str:
     """A failure in one line: what a student needs to look for first."""
     first_line = (ANSI.sub("", message).strip().splitlines() or [""])[0]
-    if name == "NotImplementedError":
+    if name == "NotImplementedError" and not first_line:  # a stub; a message is the course's own (a cell above did not finish)
         return NOT_DONE
     if name in ("CheckFailed", TIMEOUT_ERROR, "KernelDied", "NotRun"):
         return first_line
@@ -222,26 +238,37 @@ def scored(cell: NotebookNode) -> tuple[float, str]:
 
 
 def exercise_of(cells: list[NotebookNode], index: int) -> str:
-    """The grade_id of the answer cell a test cell checks: the solution cell above its run of test cells."""
+    """The grade_id of the answer cell a test cell checks: the nearest code answer cell above it.
+
+    Test cells, the course's locked helper cells and cells a student added may stand in between.
+    """
     for cell in reversed(cells[:index]):
-        if cell.cell_type != "code" or is_test(cell):
-            continue
-        return metadata(cell).get("grade_id", "") if metadata(cell).get("solution") else ""
+        if cell.cell_type == "code" and metadata(cell).get("solution"):
+            return metadata(cell).get("grade_id", "")
     return ""
 
 
+def timed_out(cell: NotebookNode) -> bool:
+    """The cell ran past its time limit (and was interrupted, or the kernel stopped in it)."""
+    return any(output.output_type == "error" and output.ename == TIMEOUT_ERROR for output in cell.outputs)
+
+
 def rows(notebook: NotebookNode) -> list[Row]:
-    """One row per graded cell, in notebook order."""
-    table = []
+    """One row per graded cell, in notebook order; a failure below a timed-out cell says so."""
+    table, first_timeout = [], None
     for index, cell in enumerate(notebook.cells):
         nbgrader = metadata(cell)
         points = float(nbgrader.get("points", 0) or 0)
         if is_test(cell):
             score, reason = scored(cell)
-            table.append(Row(exercise_of(notebook.cells, index), nbgrader.get("grade_id", f"cell {index + 1}"), points, score, reason))
+            if first_timeout is not None and score < points and not timed_out(cell) and "did not run" not in reason:
+                reason += f" (after the time-out in {label(notebook.cells, first_timeout)})"
+            table.append(Row(exercise_of(notebook.cells, index), nbgrader.get("grade_id") or label(notebook.cells, index), points, score, reason))
         elif is_by_hand(cell):
             unanswered = "checksum" in nbgrader and nbgrader["checksum"] == compute_checksum(cell)
-            table.append(Row(nbgrader.get("grade_id", f"cell {index + 1}"), "-", points, None, "not answered yet" if unanswered else ""))
+            table.append(Row(nbgrader.get("grade_id") or label(notebook.cells, index), "-", points, None, "not answered yet" if unanswered else ""))
+        if first_timeout is None and cell.cell_type == "code" and timed_out(cell):
+            first_timeout = index
     return table
 
 
@@ -253,7 +280,7 @@ def ungraded_errors(notebook: NotebookNode) -> list[str]:
             continue
         errors = [o for o in cell.outputs if o.output_type == "error" and o.ename != "NotRun"]
         if errors:
-            found.append(f"{label(cell, index)}: {error_reason(errors[0].ename, errors[0].evalue)}")
+            found.append(f"{label(notebook.cells, index)}: {error_reason(errors[0].ename, errors[0].evalue)}")
     return found
 
 

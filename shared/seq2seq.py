@@ -14,13 +14,12 @@ Conventions (those of the attention notebooks):
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from shared.device import threads_for
 from shared.training import progress_bar
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -131,23 +130,6 @@ def teacher_forcing_input(target: torch.Tensor, bos: int) -> torch.Tensor:
     return torch.cat([torch.full_like(target[:, :1], bos), target[:, :-1]], dim=1)
 
 
-@contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run CPU work on one intra-op thread, then restore the previous setting.
-
-    A step of these small models is hundreds of tiny operations; with two threads they spend more
-    time synchronising than computing, and many times more when other programs share the CPU
-    (40 training steps: 4 s on one thread, 28-200 s on two, on a busy 2-core machine).
-    """
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_seq2seq(model: EncoderDecoder, data: Seq2SeqData, *, steps: int, batch_size: int, lr: float,
                   device: torch.device, seed: int = 0, clip: float = 1.0) -> list[float]:
     """Adam with gradient clipping on shuffled minibatches; cross-entropy ignores <pad>. Returns each step's loss."""
@@ -155,7 +137,7 @@ def train_seq2seq(model: EncoderDecoder, data: Seq2SeqData, *, steps: int, batch
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     order, position, losses = torch.randperm(len(data), generator=generator), 0, []
-    with one_cpu_thread(device):
+    with threads_for(device):  # the course's policy: one thread for these small models (shared.device)
         progress = progress_bar(range(steps), desc="training")
         for _ in progress:
             if position + batch_size > len(data):
@@ -185,7 +167,7 @@ def greedy_decode(model: EncoderDecoder, source: torch.Tensor, source_valid_lens
     Returns (ids (B, max_len), attention (B, max_len, S)); after a row's first <eos> its ids are <eos>.
     """
     model.eval()
-    with one_cpu_thread(source.device):
+    with threads_for(source.device):
         state = model.decoder.init_state(model.encoder(source, source_valid_lens), source_valid_lens)
         token = torch.full((len(source), 1), bos, dtype=torch.long, device=source.device)
         ids, attention = [], []

@@ -149,7 +149,7 @@ def test_cells_are_scored_as_nbgrader_scores_them(tmp_path):
         assert rows["test_last"]["reason"].startswith(last_reason)
         assert rows["test_late"]["reason"].startswith("did not run")
         assert re.search(r"^  why\s+-\s+5  graded by hand \(not answered yet\)$", report, re.MULTILINE)
-        assert "cell 9 (print(undefined_name)): NameError: name 'undefined_name' is not defined" in report
+        assert 'cell "print(undefined_name)": NameError: name \'undefined_name\' is not defined' in report
         assert "visible checks: 5.5 / 12 points passed (5 points are graded by hand;" in report
     assert "All 2 notebooks: visible checks: 11 / 24 points passed (10 points are graded by hand;" in result.stdout
 
@@ -190,3 +190,70 @@ def test_folders_expand_to_their_notebooks(tmp_path):
     for name in ("b/two.ipynb", "one.ipynb", ".ipynb_checkpoints/one-checkpoint.ipynb"):
         (tmp_path / name).write_text("{}")
     assert notebook_check.notebook_paths([str(tmp_path)]) == [tmp_path / "b" / "two.ipynb", tmp_path / "one.ipynb"]
+
+
+def test_the_exercise_column_looks_past_helper_and_scratch_cells_to_the_answer_above(tmp_path):
+    """07's test_loss follows a locked helper cell (loss_inputs), 08's test_lstm_lm_forward one too; a student may add a cell."""
+    helper = code_cell("def inputs():\n    return 21", "inputs_helper")
+    helper.metadata["nbgrader"]["locked"] = True
+    path = write_notebook(tmp_path / "helpers.ipynb", [
+        code_cell("def answer():\n    return 42", "answer", solution=True),
+        helper,
+        code_cell("assert answer() == 2 * inputs()", "test_after_helper", 1),
+        code_cell("assert answer() > 0", "test_second", 1),
+        code_cell("print(answer())"),  # a cell the student added
+        code_cell("assert answer() == 42", "test_after_scratch", 1),
+    ])
+    result = run_check(path)
+    assert result.returncode == 0, result.stdout
+    assert {name: row["exercise"] for name, row in result_rows(result.stdout).items()} == {
+        "test_after_helper": "answer", "test_second": "answer", "test_after_scratch": "answer"}
+
+
+def test_the_gpt_notebooks_checks_after_a_helper_cell_name_their_exercise():
+    notebook = nbformat.read(ROOT / "solutions" / "07_gpt" / "07_gpt.ipynb", as_version=4)
+    exercises = {cell.metadata["nbgrader"]["grade_id"]: notebook_check.exercise_of(notebook.cells, index)
+                 for index, cell in enumerate(notebook.cells) if notebook_check.is_test(cell)}
+    assert {exercises[name] for name in ("test_loss", "test_accuracy", "test_reductions")} == {"loss_and_accuracy"}
+    assert all(exercises.values())
+
+
+def test_cells_are_named_by_what_a_student_sees_not_by_a_count_of_cells(tmp_path):
+    path = write_notebook(tmp_path / "names.ipynb", [
+        nbformat.v4.new_markdown_cell("# A heading a count would include"),
+        code_cell("x = 1"),
+        code_cell("need = 1\nprint(undefined_one)"),
+        code_cell("need = 1\nprint(undefined_two)"),
+        code_cell("raise ValueError('a setup problem')", "setup"),
+    ])
+    result = run_check(path)
+    errors = result.stdout.split("Errors in cells that are not graded")[1]
+    assert re.search(r"\bcell \d", errors) is None, errors
+    assert 'cell "need = 1 … print(undefined_one)": NameError' in errors  # the same first line: its own line added
+    assert 'cell "need = 1 … print(undefined_two)": NameError' in errors
+    assert "cell setup: ValueError: a setup problem" in errors
+
+
+def test_after_a_timed_out_cell_later_cells_give_their_own_reason_not_not_done_yet(tmp_path):
+    """07's and 08's demo cells raise NotImplementedError with a message when training above did not finish."""
+    need = "if 'trained' not in globals():\n    raise NotImplementedError('the training above did not complete: run it again')"
+    path = write_notebook(tmp_path / "timeout.ipynb", [
+        code_cell("def answer():\n    return 42", "answer", solution=True),
+        code_cell("assert answer() == 42", "test_answer", 1),
+        code_cell("import time\nwhile True: time.sleep(0.1)\ntrained = True"),
+        code_cell(need),
+        code_cell(need + "\nassert answer() == 42", "test_after_training", 1),
+        code_cell("def stub():\n    raise NotImplementedError()", "stub", solution=True),
+        code_cell("stub()", "test_stub", 1),
+    ])
+    result = run_check("--timeout", "3", path)
+    rows = result_rows(result.stdout)
+    assert rows["test_answer"]["result"] == "PASS"
+    assert rows["test_after_training"]["reason"] == (
+        'NotImplementedError: the training above did not complete: run it again (after the time-out in cell "import time")')
+    assert rows["test_stub"]["reason"].startswith(notebook_check.NOT_DONE)  # a stub is still not done
+    errors = result.stdout.split("Errors in cells that are not graded")[1]
+    assert 'cell "import time": ran longer than 3 s and was interrupted' in errors
+    # its lines are all in the test cell below too: it is named by its place among the cells that start alike
+    assert 'cell "if \'trained\' not in globals():" (1 of the 2 cells that start so): NotImplementedError: the training above' in errors
+    assert notebook_check.NOT_DONE not in errors
