@@ -21,7 +21,7 @@ comma := ,
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test demo lab check pdf run release references grade export report student-bundle formgrader lock clean data
+.PHONY: help setup test demo lab check pdf run release references grade export report student-bundle gradescope formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -72,8 +72,8 @@ run: $(READY) ## Run a notebook top to bottom and save it with its outputs, as R
 
 release: $(READY) ## Regenerate notebooks/ (the student release) from solutions/ with nbgrader
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
-	$(BIN)/python tools/from_scratch_notes.py  # each answer cell's "Not allowed here" line, from its metadata
 	$(BIN)/python tools/export_helpers.py  # shared modules generated from solution cells (shared/attention.py, ...)
+	$(BIN)/python tools/from_scratch_notes.py  # each answer cell's "Not allowed here" line, from its metadata
 	cd autograder && for assignment in $(ASSIGNMENTS); do \
 		$(BIN)/nbgrader generate_assignment $$assignment --force --log-level=WARN || exit 1; done
 
@@ -106,6 +106,11 @@ formgrader: $(READY) ## Open nbgrader's formgrader to grade written answers by h
 
 student-bundle: $(READY) ## Build dist/student-bundle(.tar.gz): what students clone (ASSIGNMENTS=NN_name[,...]: only those)
 	$(BIN)/python tools/student_bundle.py $(if $(filter command line,$(origin ASSIGNMENTS)),--assignments "$(ASSIGNMENTS)")
+
+gradescope: $(READY) ## Build dist/gradescope/NN_name.zip, a Gradescope autograder for one assignment (ASSIGNMENT=NN_name)
+	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }
+	@test -n "$(ASSIGNMENT)" || { echo "Name the assignment: make gradescope ASSIGNMENT=NN_name (one of: $(ASSIGNMENTS))"; exit 2; }
+	$(BIN)/python tools/gradescope.py "$(ASSIGNMENT)"
 
 lock: ## Re-record requirements.lock from the current .venv
 	{ echo "# Exact versions of the whole environment, used as constraints by 'make setup' (pip install -c)."; \

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 
 
 def release_notebook(assignment: str) -> nbformat.NotebookNode:
@@ -19,13 +17,11 @@ def release_notebook(assignment: str) -> nbformat.NotebookNode:
 
 def solution_sources(assignment: str) -> dict[str, str]:
     """{grade_id: source} of the answer cells in the instructor's notebook, solution markers removed."""
+    from notebooks import runnable
+
     source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-    answers = {}
-    for cell in source.cells:
-        info = cell.metadata.get("nbgrader", {})
-        if info.get("solution"):
-            answers[info["grade_id"]] = "\n".join(line for line in cell.source.splitlines() if not MARKER.match(line))
-    return answers
+    return {cell.metadata.nbgrader.grade_id: runnable(cell.source) for cell in source.cells
+            if cell.metadata.get("nbgrader", {}).get("solution")}
 
 
 def answer_cells(notebook: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:

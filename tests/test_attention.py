@@ -8,13 +8,12 @@ import contextlib
 import io
 
 import matplotlib.pyplot as plt
-import nbformat
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import ROOT
+import notebooks
 from shared.attention import DotProductAttention, masked_softmax
 from shared.checks import CheckFailed
 from shared.data import seeded_randn
@@ -203,22 +202,10 @@ def test_plot_attention_draws_one_labelled_panel_per_matrix():
 # The notebooks' visible checks on wrong answers -------------------------------------------------------
 
 
-def visible_cell(assignment, grade_id):
-    """Source of a cell of the solution notebook, without its hidden tests."""
-    notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-    source = next(c.source for c in notebook.cells if c.id == grade_id)
-    return source.split("### BEGIN HIDDEN TESTS")[0]
-
-
-def run_check(assignment, test_id, answers):
-    """Run the setup cell, the given answer sources and the visible part of a check cell; returns the CheckFailed message."""
-    namespace = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(visible_cell(assignment, "setup"), namespace)
-        for source in answers:
-            exec(source, namespace)
-        with pytest.raises(CheckFailed) as raised:
-            exec(visible_cell(assignment, test_id), namespace)
+def run_check(assignment, test_id, needed, replace=None):
+    """Run the setup cell, the answer cells it needs (some replaced) and the visible part of a check; returns the CheckFailed message."""
+    with pytest.raises(CheckFailed) as raised:
+        notebooks.run_cells(assignment, ["setup", *needed, test_id], replace=replace)
     return str(raised.value)
 
 
@@ -240,14 +227,7 @@ VISIBLE_CHECKS = [  # (assignment, check cell, the answer cells it needs)
 
 @pytest.mark.parametrize("assignment, test_id, needed", VISIBLE_CHECKS)
 def test_the_visible_checks_pass_on_the_solutions(assignment, test_id, needed):
-    answers = solution_sources(assignment)
-    namespace = {}
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        exec(visible_cell(assignment, "setup"), namespace)
-        for grade_id in needed:
-            exec(answers[grade_id], namespace)
-        exec(visible_cell(assignment, test_id), namespace)
-    assert "✓" in printed.getvalue()
+    assert "✓" in notebooks.run_cells(assignment, ["setup", *needed, test_id]).printed
 
 
 def wrong_masked_softmax(result):
@@ -272,30 +252,32 @@ def masked_softmax(X, valid_lens):
     ("torch.softmax(X, dim=-1) * keep", named("04_attention", "mask_after_softmax")),
 ])
 def test_masked_softmax_check_names_the_mistake(result, message):
-    assert message in run_check("04_attention", "test_masked_softmax", [wrong_masked_softmax(result)])
+    wrong = {"masked_softmax": wrong_masked_softmax(result)}
+    assert message in run_check("04_attention", "test_masked_softmax", ["masked_softmax"], wrong)
 
 
 def test_dot_product_attention_check_catches_a_missing_scale():
-    answers = [solution_sources("04_attention")["masked_softmax"],
-               replaced("04_attention", "dot_product_attention", "/ math.sqrt(d)", "")]
-    message = run_check("04_attention", "test_dot_product_attention", answers)
+    wrong = replaced("04_attention", "dot_product_attention", "/ math.sqrt(d)", "")
+    message = run_check("04_attention", "test_dot_product_attention", ["masked_softmax", "dot_product_attention"],
+                        {"dot_product_attention": wrong})
     assert "Check 'dot_product_attention': output['output'] differs from the expected values" in message
 
 
 def test_transpose_checks_catch_head_major_order():
     wrong = replaced("06_multihead_attention", "transpose_qkv", "X.permute(0, 2, 1, 3)", "X.permute(2, 0, 1, 3)")
-    assert named("06_multihead_attention", "split_head_major") in run_check("06_multihead_attention", "test_transpose_qkv", [wrong])
+    message = run_check("06_multihead_attention", "test_transpose_qkv", ["transpose_qkv"], {"transpose_qkv": wrong})
+    assert named("06_multihead_attention", "split_head_major") in message
     wrong = replaced("06_multihead_attention", "transpose_output", "X.reshape(BH // num_heads, num_heads, n, p)",
                      "X.reshape(num_heads, BH // num_heads, n, p).transpose(0, 1)")
-    assert named("06_multihead_attention", "join_head_major") in run_check("06_multihead_attention", "test_transpose_output", [wrong])
+    message = run_check("06_multihead_attention", "test_transpose_output", ["transpose_output"], {"transpose_output": wrong})
+    assert named("06_multihead_attention", "join_head_major") in message
 
 
 def test_multihead_check_catches_lengths_repeated_in_the_wrong_order():
-    answers = solution_sources("06_multihead_attention")
     wrong = replaced("06_multihead_attention", "multihead_attention", "torch.repeat_interleave(valid_lens, self.num_heads, dim=0)",
                      "valid_lens.repeat(self.num_heads)")
-    message = run_check("06_multihead_attention", "test_multihead_attention",
-                        [answers["transpose_qkv"], answers["transpose_output"], wrong])
+    message = run_check("06_multihead_attention", "test_multihead_attention", ["transpose_qkv", "transpose_output", "multihead_attention"],
+                        {"multihead_attention": wrong})
     assert "Check 'multihead_attention': output['output'] differs from the expected values" in message
 
 
@@ -314,4 +296,5 @@ def test_multihead_check_catches_lengths_repeated_in_the_wrong_order():
 ])
 def test_decoder_check_names_the_mistake(old, new, message):
     wrong = replaced("05_seq2seq_attention", "seq2seq_attention_decoder", old, new)
-    assert message in run_check("05_seq2seq_attention", "test_seq2seq_attention_decoder", [wrong])
+    assert message in run_check("05_seq2seq_attention", "test_seq2seq_attention_decoder", ["seq2seq_attention_decoder"],
+                              {"seq2seq_attention_decoder": wrong})

@@ -14,13 +14,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from notebooks import assignments, forbidden, forbidden_note
+from notebooks import assignments, forbidden, forbidden_note, runnable
 
 sys.path.insert(0, str(ROOT / "autograder"))
 from from_scratch import REFUSED, REFUSED_BY_WRAPPER, REFUSED_FROM_STUDENT, forbidden_by_cell, resolve, static_flags  # noqa: E402
 
 ASSIGNMENTS = assignments()
-MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 LSTM = ["torch.nn.LSTM", "torch.nn.LSTMCell", "torch.lstm", "torch.lstm_cell"]
 SDPA = ["torch.nn.functional.scaled_dot_product_attention"]
 SOFTMAX = ["torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax"]
@@ -36,7 +35,7 @@ def solution_cells(notebook):
 
 def reference_source(cell) -> str:
     """The reference solution of a cell: the whole cell with the solution markers removed."""
-    return "\n".join(line for line in cell.source.splitlines() if not MARKER.match(line))
+    return runnable(cell.source)
 
 
 # --- the lists and their notes ------------------------------------------------------------------------------

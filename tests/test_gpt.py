@@ -4,17 +4,13 @@ The visible check cells of 07_gpt are run in-process on deliberately wrong answe
 with a message that names the check.
 """
 
-import contextlib
-import io
-import re
-
 import matplotlib
-import nbformat
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+import notebooks
 from conftest import ROOT
 from submissions import named
 from shared.arithmetic import Tokenizer, apply_operator, get_arithmetic_dataset
@@ -26,7 +22,6 @@ from shared.plotting import plot_attention_grid, plot_metrics_against, plot_runs
 matplotlib.use("Agg")
 
 ASSIGNMENT = "07_gpt"
-MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 
 
 def rhs_loss_and_accuracy(logits, targets, eq_positions, mask, reduction="mean"):
@@ -250,12 +245,8 @@ def test_curve_and_scaling_plots_draw_every_run():
 
 
 def cell_source(grade_id, hidden=False):
-    """A cell of the solution notebook: solution markers removed and, unless `hidden`, hidden tests cut off."""
-    notebook = nbformat.read(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
-    source = next(c.source for c in notebook.cells if c.id == grade_id)
-    if not hidden:
-        source = source.split("### BEGIN HIDDEN TESTS")[0]
-    return "\n".join(line for line in source.splitlines() if not MARKER.match(line))
+    """A cell of the solution notebook as a kernel runs it (hidden tests cut off unless `hidden`)."""
+    return notebooks.cell_source(ASSIGNMENT, grade_id, hidden=hidden)
 
 
 NEEDS = {  # check cell -> the cells it needs, in notebook order
@@ -277,13 +268,7 @@ NEEDS = {  # check cell -> the cells it needs, in notebook order
 
 def run_visible(test_id, replace=None):
     """Run setup, the needed cells (some replaced by wrong versions) and the visible part of a check cell."""
-    namespace = {}
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        exec(cell_source("setup"), namespace)
-        for grade_id in NEEDS[test_id]:
-            exec((replace or {}).get(grade_id, cell_source(grade_id)), namespace)
-        exec(cell_source(test_id), namespace)
-    return printed.getvalue()
+    return notebooks.run_cells(ASSIGNMENT, ["setup", *NEEDS[test_id], test_id], replace=replace).printed
 
 
 def wrong(grade_id, old, new):
@@ -346,10 +331,7 @@ def test_a_wrong_answer_fails_its_check_with_a_readable_message(test_id, grade_i
 
 def test_token_level_nll_loss_gives_another_number_than_the_notebooks_loss():
     """The handout's warning, on the visible check's own inputs: the checks can tell the two apart."""
-    namespace = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(cell_source("setup"), namespace)
-        exec(cell_source("loss_inputs"), namespace)
+    namespace = notebooks.run_cells(ASSIGNMENT, ["setup", "loss_inputs"]).namespace
     logits, targets, eq_positions, mask = namespace["loss_inputs"](10, B=4, S=7, V=9, eq_positions=[2, 3, 5, 1], lengths=[7, 6, 7, 5])
     rhs = (torch.arange(7)[None] > eq_positions[:, None]) & mask
     token_level = F.nll_loss(F.log_softmax(logits, -1).transpose(1, 2), targets.masked_fill(~rhs, -100), ignore_index=-100)

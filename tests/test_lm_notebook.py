@@ -7,7 +7,6 @@ fail its own check with a message that names the check.
 
 import contextlib
 import io
-import re
 import warnings
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import nbformat
 import pytest
 import torch
 
+import notebooks
 from conftest import ROOT
 from submissions import named
 from shared.checks import CheckFailed
 
 ASSIGNMENT = "08_tinystories_lstm"
-MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 NOTEBOOK = nbformat.read(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
 
 
@@ -28,15 +27,9 @@ def info(cell):
     return cell.metadata.get("nbgrader", {})
 
 
-def strip(source, hidden):
-    if not hidden:
-        source = source.split("### BEGIN HIDDEN TESTS")[0]
-    return "\n".join(line for line in source.splitlines() if not MARKER.match(line))
-
-
 def cell_source(cell_id, hidden=False):
-    """A cell of the solution notebook: solution markers removed and, unless `hidden`, hidden tests cut off."""
-    return strip(next(c.source for c in NOTEBOOK.cells if c.id == cell_id), hidden)
+    """A cell of the solution notebook as a kernel runs it (hidden tests cut off unless `hidden`)."""
+    return notebooks.cell_source(ASSIGNMENT, cell_id, hidden=hidden)
 
 
 EXERCISE_CELLS = [c.id for c in NOTEBOOK.cells
@@ -46,20 +39,12 @@ CHECK_CELLS = [c.id for c in NOTEBOOK.cells if c.cell_type == "code" and info(c)
 
 def exercises(replace=None):
     """A namespace holding the setup and every answer/given cell of the exercises (some replaced)."""
-    namespace = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(cell_source("setup"), namespace)
-        for cell_id in EXERCISE_CELLS:
-            exec((replace or {}).get(cell_id, cell_source(cell_id)), namespace)
-    return namespace
+    return notebooks.run_cells(ASSIGNMENT, ["setup", *EXERCISE_CELLS], replace=replace).namespace
 
 
 def run_check(test_id, replace=None, hidden=False):
     """Run one check cell after the exercises; returns what it printed."""
-    namespace = exercises(replace)
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        exec(cell_source(test_id, hidden=hidden), namespace)
-    return printed.getvalue()
+    return notebooks.run_cells(ASSIGNMENT, [test_id], hidden=hidden, namespace=exercises(replace)).printed
 
 
 def wrong(cell_id, old, new):
@@ -85,10 +70,9 @@ def test_every_check_cell_passes_on_the_solution_and_prints_a_tick(test_id):
 def test_check_cells_hidden_parts_included_pass_without_a_warning():
     """Hidden checks compare with autograder/references here; nothing may warn (stderr zeroes a cell)."""
     namespace = exercises()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as errors:
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()) as errors:
         warnings.simplefilter("error")
-        for test_id in CHECK_CELLS:
-            exec(cell_source(test_id, hidden=True), namespace)
+        notebooks.run_cells(ASSIGNMENT, CHECK_CELLS, hidden=True, namespace=namespace)
     assert errors.getvalue() == ""
 
 
@@ -236,9 +220,7 @@ def test_fast_mode_writes_the_checkpoint_and_traces_outside_the_notebook_folder(
         for fast, in_notebook_folder in (("1", False), ("0", True)):
             monkeypatch.setenv("COURSE_FAST", fast)
             monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
-            namespace = exercises()
-            with contextlib.redirect_stdout(io.StringIO()):
-                exec(cell_source("settings"), namespace)
+            namespace = notebooks.run_cells(ASSIGNMENT, ["settings"], namespace=exercises()).namespace
             output = namespace["OUTPUT_DIR"].resolve()
             assert (output == tmp_path.resolve()) is in_notebook_folder
             if not in_notebook_folder:

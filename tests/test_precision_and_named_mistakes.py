@@ -11,32 +11,23 @@ import contextlib
 import io
 import re
 
-import nbformat
 import pytest
 import torch
 
+import notebooks
 from conftest import ROOT
 from submissions import named
 from shared.checks import CheckFailed, Checker, compare
 
-MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 REGION = re.compile(r"### BEGIN SOLUTION\n.*?### END SOLUTION(\n|$)", re.S)
 
 
-def sources(assignment: str) -> dict[str, str]:
-    """{cell id: source} of the solution notebook, solution markers kept."""
-    notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-    return {cell.id: cell.source for cell in notebook.cells}
+sources = notebooks.solution_sources
 
 
 def run_cells(assignment: str, cell_ids: list[str], replace: dict[str, str] | None = None) -> dict:
     """Run the setup cell and the given cells (hidden checks included: they compare with autograder/references here)."""
-    cells = sources(assignment) | (replace or {})
-    namespace: dict = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        for cell_id in ["setup", *cell_ids]:
-            exec("\n".join(line for line in cells[cell_id].splitlines() if not MARKER.match(line)), namespace)
-    return namespace
+    return notebooks.run_cells(assignment, ["setup", *cell_ids], replace=replace, hidden=True).namespace
 
 
 def with_first_region(source: str, body: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import re
 import tomllib
@@ -50,16 +52,58 @@ def errors(notebook: nbformat.NotebookNode) -> dict[str, str]:
 
 
 SOLUTION_MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+HIDDEN_TESTS = "### BEGIN HIDDEN TESTS"
+
+
+# The one way tests, benches and tools run cells of an instructor's notebook in this process (CS336's adapters.py plays
+# this part there): by cell id, with the setup and answers they need, any of them replaced by another source.
+
+def solution_sources(assignment: str) -> dict[str, str]:
+    """{cell id: source} of every cell of the instructor's notebook, as written (markers kept)."""
+    notebook = nbformat.read(SOLUTIONS / assignment / f"{assignment}.ipynb", as_version=4)
+    return {cell.id: cell.source for cell in notebook.cells}
+
+
+def runnable(source: str, *, hidden: bool = True) -> str:
+    """A cell's source as Python runs it: solution markers removed and, unless `hidden`, its hidden tests cut off."""
+    if not hidden:
+        source = source.split(HIDDEN_TESTS)[0]
+    return "\n".join(line for line in source.splitlines() if not SOLUTION_MARKER.match(line))
+
+
+def cell_source(assignment: str, cell_id: str, *, hidden: bool = False) -> str:
+    """One cell of the instructor's notebook, runnable (hidden tests cut off unless `hidden`)."""
+    return runnable(solution_sources(assignment)[cell_id], hidden=hidden)
 
 
 def solution_namespace(assignment: str, cell_ids: list[str], namespace: dict | None = None) -> dict:
-    """Run the given cells of the instructor's notebook (solution markers removed) in one namespace; returns it."""
-    notebook = nbformat.read(SOLUTIONS / assignment / f"{assignment}.ipynb", as_version=4)
-    sources = {cell.id: cell.source for cell in notebook.cells}
+    """The namespace of run_cells (hidden tests kept), for the benches."""
+    return run_cells(assignment, cell_ids, hidden=True, namespace=namespace).namespace
+
+
+@dataclass
+class CellRun:
+    """What running some cells left: their shared namespace and what they printed."""
+
+    namespace: dict
+    printed: str
+
+
+def run_cells(assignment: str, cell_ids: list[str], *, replace: dict[str, str] | None = None, hidden: bool = False,
+              namespace: dict | None = None) -> CellRun:
+    """Run cells of the instructor's notebook in order in one namespace (a fresh one, or `namespace` to go on with).
+
+    `replace` {cell id: source} runs another source in a cell's place (a wrong answer); markers are removed from it
+    too. Hidden tests run only with `hidden` (their checks then compare with autograder/references/). What the cells
+    print is captured; an exception propagates.
+    """
+    sources = solution_sources(assignment) | (replace or {})
     namespace = {} if namespace is None else namespace
-    for cell_id in cell_ids:
-        exec("\n".join(line for line in sources[cell_id].splitlines() if not SOLUTION_MARKER.match(line)), namespace)
-    return namespace
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for cell_id in cell_ids:
+            exec(compile(runnable(sources[cell_id], hidden=hidden), f"<{assignment} cell {cell_id}>", "exec"), namespace)
+    return CellRun(namespace, printed.getvalue())
 
 
 NOT_ALLOWED = "# Not allowed here (write it yourself): "
