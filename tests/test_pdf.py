@@ -287,3 +287,12 @@ def test_make_pdf_refuses_an_autograded_copy_unless_forced(tmp_path):
     forced = make("pdf", f"NB={path}", "FORCE=1", check=False)
     assert forced.returncode == 0, forced.stderr
     assert MARKDOWN_TEXT in read_pdf(path.with_suffix(".pdf")).text
+
+
+def test_plain_make_pdf_still_exports_every_release_notebook_run_or_not(tmp_path, monkeypatch):
+    needs_a_browser()
+    path = tmp_path / "fresh.ipynb"
+    nbformat.write(code_notebook(run=False), path)
+    monkeypatch.setattr(pdf, "course_notebooks", lambda: [path])  # what make pdf without NB= exports
+    assert pdf.main([]) == 0
+    assert "A notebook" in read_pdf(path.with_suffix(".pdf")).text
