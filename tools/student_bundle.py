@@ -31,8 +31,8 @@ from notebooks import ROOT, SOLUTIONS, assignments
 INCLUDE = ["notebooks", "shared", "data", "environment.yml", "requirements.txt", "requirements.lock", "pyproject.toml", "Makefile"]
 LEAK_MARKERS = ["BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"]
 # `shared` modules every bundle carries whatever its notebooks import: the package's own entry points
-# (shared/__init__.py's exports) and the tools behind make check and make pdf.
-ALWAYS = {"__init__", "checks", "device", "training", "notebook_check", "pdf"}
+# (shared/__init__.py's exports) and the tools behind make check, make run and make pdf.
+ALWAYS = {"__init__", "checks", "device", "training", "notebook_check", "pdf", "run_notebook"}
 # Import statements that name a `shared` module: from shared.data import ..., import shared.data, from .data import ...,
 # from shared import data, glove (names that are not modules, like shared.Checker, are ignored).
 SHARED_IMPORT = re.compile(r"^\s*(?:from\s+shared\.(\w+)\s+import|import\s+shared\.(\w+)|from\s+\.(\w+)\s+import"
