@@ -7,13 +7,14 @@ Four workloads, each one training step (forward, loss, backward, optimizer step)
   LM 08 fast  notebook 08's LSTMLM at its fast-mode size (N = 16, VSize = 100), 4 stories a step
   LM 08 full  notebook 08's LSTMLM at its full size (N = 256, VSize = 5000), 4 stories a step
 
-07's sizes are the same in fast and full mode (fast mode only runs fewer steps). Each workload is timed idle and
-under a load the bench makes itself (one busy process per core), with each thread count in alternation (several
-rounds, median seconds per step), so that a change in the machine's other load hits every thread count alike.
-The policy's count is what `shared.device.thread_choice` picks for that workload's mode (fast for the smoke-test
-sizes, full otherwise) on this machine at that moment (the load included).
+07's sizes are the same in fast and full mode (fast mode runs fewer steps), so its rows show both modes. Each
+workload is timed idle (no load from the bench; the cores printed as busy with other programs say what else ran)
+and under a load the bench makes itself (one busy process per core), its thread counts in alternation (several
+rounds, median seconds per step) so that a change in the machine's other load hits them alike. The policy's count
+is what `shared.device.thread_choice` picks as 07's and 08's setup cells ask (`large_model=True`) for the row's
+mode, on this machine at that moment, without COURSE_THREADS or OMP_NUM_THREADS.
 
-Usage: python bench/threads.py [--rounds 3] [--seconds 2] [--threads 1,2] [--only GPT,LM]
+Usage: python bench/threads.py [--rounds 3] [--seconds 2] [--threads 1,4] [--only GPT,full]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 from notebooks import solution_namespace  # noqa: E402
 from shared.arithmetic import get_arithmetic_dataset  # noqa: E402
-from shared.device import thread_choice  # noqa: E402
+from shared.device import busy_cores, thread_choice  # noqa: E402
 from shared.lstm_lm import LSTMLM  # noqa: E402
 
 GPT_CELLS = ["layer_norm", "multi_headed_attention", "block", "gpt_embedding", "gpt", "loss_and_accuracy"]
@@ -44,11 +45,10 @@ LM_CELLS = ["setup", "collate_stories", "real_positions", "lstm_lm"]
 
 
 class Workload:
-    """One training step of a model, repeatable; `tokens` is how many target tokens one step trains on."""
+    """One training step of a model, repeatable; `tokens`: the target tokens of a step; `modes`: fast and/or full."""
 
-    def __init__(self, name: str, fast: bool, large: bool, step: Callable[[], None], tokens: int):
-        """fast, large: the mode and the `large_model` its notebook gives the policy."""
-        self.name, self.fast, self.large, self.step, self.tokens = name, fast, large, step, tokens
+    def __init__(self, name: str, step: Callable[[], None], tokens: int, modes: tuple[str, ...]):
+        self.name, self.step, self.tokens, self.modes = name, step, tokens, modes
 
 
 def arithmetic_workloads() -> list[Workload]:
@@ -70,7 +70,7 @@ def arithmetic_workloads() -> list[Workload]:
             loss.backward()
             optimizer.step()
 
-        workloads.append(Workload(name, False, False, step, int(mask.sum())))
+        workloads.append(Workload(name, step, int(mask.sum()), ("fast", "full")))  # 07's sizes in both modes
     return workloads
 
 
@@ -95,7 +95,7 @@ def story_workloads() -> list[Workload]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
-        workloads.append(Workload(name, fast, not fast, step, int(story_lengths.sum())))
+        workloads.append(Workload(name, step, int(story_lengths.sum()), ("fast",) if fast else ("full",)))
     return workloads
 
 
@@ -110,17 +110,6 @@ def seconds_per_step(workload: Workload, threads: int, seconds: float) -> float:
     return (time.perf_counter() - started) / steps
 
 
-MAX_WAIT = 120  # seconds to wait for the load average to show the bench's load
-
-
-def load_average() -> float:
-    """The 1-minute load average, the policy's measure of other programs (0 where unknown)."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
-
-
 class BusyLoad:
     """One busy Python process per core, for as long as the `with` block runs."""
 
@@ -129,10 +118,7 @@ class BusyLoad:
 
     def __enter__(self) -> BusyLoad:
         self.running = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.processes)]
-        # The policy reads the 1-minute load average, which takes a while to see new programs.
-        started = time.monotonic()
-        while self.processes and load_average() < self.processes - 0.5 and time.monotonic() - started < MAX_WAIT:
-            time.sleep(1)
+        time.sleep(0.5)  # until the scheduler shares the cores among them
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -142,21 +128,20 @@ class BusyLoad:
             process.wait()
 
 
-def measure(workloads: list[Workload], counts: dict[str, Callable[[Workload], int]], rounds: int, seconds: float) -> dict:
-    """{(workload name, column): median seconds per step}, the columns timed in alternation each round."""
-    times: dict[tuple[str, str], list[float]] = {}
-    for workload in workloads:
-        for _ in range(rounds):
-            for column, count in counts.items():
-                times.setdefault((workload.name, column), []).append(seconds_per_step(workload, count(workload), seconds))
-    return {key: statistics.median(values) for key, values in times.items()}
+def measure(workload: Workload, counts: list[int], rounds: int, seconds: float) -> dict[int, float]:
+    """{thread count: median seconds per step}, the counts timed in alternation in each of `rounds` rounds."""
+    times: dict[int, list[float]] = {count: [] for count in counts}
+    for _ in range(rounds):
+        for count in counts:
+            times[count].append(seconds_per_step(workload, count, seconds))
+    return {count: statistics.median(values) for count, values in times.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per workload and condition (median of them)")
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds of steps per thread count in each round")
-    parser.add_argument("--threads", default="", help="extra thread counts to time, e.g. 1,4")
+    parser.add_argument("--threads", default="", help="more thread counts to time, e.g. 1,4")
     parser.add_argument("--only", default="", help="workloads whose name contains one of these words, e.g. GPT,full")
     args = parser.parse_args()
 
@@ -165,31 +150,36 @@ def main() -> int:
     workloads = arithmetic_workloads() + story_workloads()
     if args.only:
         workloads = [w for w in workloads if any(word in w.name for word in args.only.split(","))]
-    extra = sorted({int(n) for n in args.threads.split(",") if n} - {default})
+    extra = sorted({int(n) for n in args.threads.split(",") if n})
     print(f"torch {torch.__version__}, {cores} cores, PyTorch's default {default} threads | "
-          f"median of {args.rounds} rounds x ~{args.seconds:g} s per thread count")
+          f"median of {args.rounds} rounds x ~{args.seconds:g} s per thread count", flush=True)
 
-    chosen: dict[tuple[str, str], int] = {}
-    results = {}
+    rows, ratios = [], {}
     for condition in ("idle", "loaded"):
         with BusyLoad(cores if condition == "loaded" else 0):
-            print(f"{condition}: {cores if condition == 'loaded' else 0} busy processes, load average {load_average():.2f}", flush=True)
-            for workload in workloads:  # the policy alone: no COURSE_THREADS, no OMP_NUM_THREADS
-                count, _ = thread_choice(fast=workload.fast, large_model=workload.large, environ={})
-                chosen[workload.name, condition] = count or default
-            counts = {"default": lambda w: default, "policy": lambda w, condition=condition: chosen[w.name, condition],
-                      **{str(n): (lambda w, n=n: n) for n in extra}}
-            results[condition] = measure(workloads, counts, args.rounds, args.seconds)
+            busy = busy_cores(1.0)
+            print(f"{condition}: {cores if condition == 'loaded' else 0} busy processes of the bench's; cores busy with "
+                  f"other programs: {'unknown' if busy is None else f'{busy:.2f}'}", flush=True)
+            for workload in workloads:
+                # The policy alone (no COURSE_THREADS or OMP_NUM_THREADS), as 07's and 08's setup cells call it.
+                choices = {mode: thread_choice(large_model=True, fast=mode == "fast", environ={}) for mode in workload.modes}
+                policy = {mode: count or default for mode, (count, _) in choices.items()}
+                times = measure(workload, sorted({default, *policy.values(), *extra}), args.rounds, args.seconds)
+                for mode, (_, reason) in choices.items():
+                    ratio = times[default] / times[policy[mode]]
+                    ratios.setdefault(condition, []).append(ratio)
+                    rows.append((workload, mode, condition, policy[mode], times, ratio, reason))
 
-    columns = ["default", "policy", *map(str, extra)]
-    header = f"{'workload':<12}{'load':<8}{'policy':>7}" + "".join(f"{column + ' ms':>12}" for column in columns)
-    print(f"\n{header}{'default/policy':>16}{'policy tok/s':>14}")
-    for workload in workloads:
-        for condition, times in results.items():
-            row = [1000 * times[workload.name, column] for column in columns]
-            ratio = times[workload.name, "default"] / times[workload.name, "policy"]
-            print(f"{workload.name:<12}{condition:<8}{chosen[workload.name, condition]:>7}" + "".join(f"{ms:>12.1f}" for ms in row)
-                  + f"{ratio:>15.2f}x{workload.tokens / times[workload.name, 'policy']:>14,.0f}")
+    header = f"{'workload':<12}{'mode':<6}{'load':<8}{'policy':>7}{'default ms':>12}{'policy ms':>11}"
+    print(f"\n{header}" + "".join(f"{f'{n} thr ms':>10}" for n in extra) + f"{'default/policy':>16}{'policy tok/s':>14}  policy's reason")
+    for workload, mode, condition, count, times, ratio, reason in rows:
+        print(f"{workload.name:<12}{mode:<6}{condition:<8}{count:>7}{1000 * times[default]:>12.1f}{1000 * times[count]:>11.1f}"
+              + "".join(f"{1000 * times[n]:>10.1f}" for n in extra)
+              + f"{ratio:>15.2f}x{workload.tokens / times[count]:>14,.0f}  {reason}")
+    print()
+    for condition, values in ratios.items():
+        print(f"{condition}: the policy's steps are {statistics.geometric_mean(values):.2f}x as fast as the default's "
+              f"(geometric mean; {min(values):.2f}x to {max(values):.2f}x)")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from shared import device
 from shared.device import ThreadChoice, choose_threads, thread_choice, threads_for, use_threads
 
 NOTEBOOKS = sorted((ROOT / "solutions").glob("*/*.ipynb")) + sorted((ROOT / "notebooks").glob("*/*.ipynb"))
-LARGE_MODEL_NOTEBOOKS = {"08_tinystories_lstm"}  # the only full-size run with a model big enough for several threads
+LARGE_MODEL_NOTEBOOKS = {"07_gpt", "08_tinystories_lstm"}  # full-size runs whose steps are big enough for several threads
 
 
 @pytest.fixture(autouse=True)
@@ -27,32 +28,32 @@ def restored_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("cores, fast, large_model, load, expected", [
+@pytest.mark.parametrize("cores, fast, large_model, busy, expected", [
     (2, True, False, 0.0, 1),     # fast mode: a smoke test of small models
     (16, True, True, 0.0, 1),     # fast mode shrinks the large model too
     (16, False, False, 0.0, 1),   # a small model on an idle machine with many cores
     (1, False, True, 0.0, 1),     # one core
     (2, False, True, 0.2, 2),     # a large model on an idle machine: every core
-    (8, False, True, None, 8),    # no load average (Windows): every core
+    (8, False, True, None, 8),    # unknown (Windows): every core
     (2, False, True, 1.0, 1),     # one of two cores busy
     (16, False, True, 5.4, 11),   # five of sixteen busy
     (2, False, True, 6.5, 1),     # more busy programs than cores: still one thread
 ])
-def test_the_policy_picks_one_thread_for_small_work_and_the_free_cores_for_a_large_model(cores, fast, large_model, load, expected):
-    count, reason = choose_threads(cores, fast=fast, large_model=large_model, load=load)
+def test_the_policy_picks_one_thread_for_small_work_and_the_free_cores_for_a_large_model(cores, fast, large_model, busy, expected):
+    count, reason = choose_threads(cores, fast=fast, large_model=large_model, busy=busy)
     assert count == expected and reason
 
 
 def test_the_reasons_say_why():
     assert choose_threads(2, fast=True, large_model=False)[1].startswith("fast mode")
     assert choose_threads(4, fast=False, large_model=False)[1] == "small models run fastest on one thread"
-    assert choose_threads(4, fast=False, large_model=True, load=0.1)[1] == "all 4 cores"
-    assert choose_threads(4, fast=False, large_model=True, load=2.2)[1] == "2 of 4 cores: the load average is 2.2"
+    assert choose_threads(4, fast=False, large_model=True, busy=0.1)[1] == "all 4 cores"
+    assert choose_threads(4, fast=False, large_model=True, busy=2.2)[1] == "2 of 4 cores: other programs keep 2.2 busy"
 
 
 def test_a_thread_variable_the_grader_set_is_kept_before_anything_else():
     for fast, large_model, override in ((True, False, None), (False, True, "3"), (False, False, "1")):
-        assert choose_threads(8, fast=fast, large_model=large_model, load=0.0, override=override, inherited="OMP_NUM_THREADS=2") == (
+        assert choose_threads(8, fast=fast, large_model=large_model, busy=0.0, override=override, inherited="OMP_NUM_THREADS=2") == (
             None, "OMP_NUM_THREADS=2 is set: kept")
 
 
@@ -73,24 +74,48 @@ def test_an_empty_course_threads_counts_as_unset():
 
 
 def test_thread_choice_reads_the_environment_it_is_given(monkeypatch):
+    measured = []
     monkeypatch.setattr(device, "TORCH_DEFAULT_THREADS", 4)
-    monkeypatch.setattr(device.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
-    assert thread_choice(large_model=True, fast=False, environ={}) == (3, "3 of 4 cores: the load average is 1.2")
+    monkeypatch.setattr(device, "busy_cores", lambda: measured.append(1) or 1.2)
+    assert thread_choice(large_model=True, fast=False, environ={}) == (3, "3 of 4 cores: other programs keep 1.2 busy")
+    assert len(measured) == 1
     assert thread_choice(large_model=True, fast=True, environ={}) == (1, "fast mode: small models run fastest on one thread")
     assert thread_choice(fast=False, environ={"COURSE_THREADS": "2"}) == (2, "COURSE_THREADS=2")
     assert thread_choice(fast=False, environ={"MKL_NUM_THREADS": "3", "COURSE_THREADS": "2"})[0] is None
+    assert len(measured) == 1  # only a large model at full size waits to measure the other programs
     monkeypatch.setenv("COURSE_FAST", "1")
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
     assert thread_choice(large_model=True, environ={})[0] == 1  # fast mode from the environment
 
 
-def test_thread_choice_without_a_load_average(monkeypatch):
-    def no_load_average():
-        raise OSError("not here")
+def test_busy_cores_counts_the_busy_ticks_of_every_cpu_less_this_process(monkeypatch):
+    ticks = iter([1000, 1000 + 150])  # 1.5 s of CPU time in all, over 1 s
+    own = iter([os.times_result((2.0, 1.0, 0, 0, 0)), os.times_result((2.3, 1.2, 0, 0, 0))])  # 0.5 s of it is ours
+    clock = iter([10.0, 11.0])
+    monkeypatch.setattr(device, "busy_ticks", lambda: next(ticks))
+    monkeypatch.setattr(device.os, "times", lambda: next(own))
+    monkeypatch.setattr(device.os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(device.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(device.time, "sleep", lambda seconds: None)
+    assert device.busy_cores(1.0) == pytest.approx(1.0)
 
-    monkeypatch.setattr(device, "TORCH_DEFAULT_THREADS", 4)
-    monkeypatch.setattr(device.os, "getloadavg", no_load_average)
-    assert thread_choice(large_model=True, fast=False, environ={}) == (4, "all 4 cores")
+
+def test_busy_cores_falls_back_on_the_load_average_then_on_unknown(monkeypatch):
+    def missing(*arguments):
+        raise OSError("no such file")
+
+    monkeypatch.setattr(device, "busy_ticks", missing)
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (2.5, 1.0, 0.5))
+    assert device.busy_cores() == 2.5
+    monkeypatch.setattr(device.os, "getloadavg", missing)
+    assert device.busy_cores() is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
+def test_busy_ticks_reads_this_machines_cpu_time():
+    first = device.busy_ticks()
+    assert first > 0 and device.busy_ticks() >= first
+    assert 0.0 <= device.busy_cores(0.05) <= (os.cpu_count() or 1) + 0.5
 
 
 def test_use_threads_sets_pytorch_and_says_so(monkeypatch):
