@@ -21,7 +21,7 @@ comma := ,
 GRADING_OUTPUT ?= $(CURDIR)
 ASSIGNMENTS = $(notdir $(wildcard solutions/[0-9]*))
 
-.PHONY: help setup test demo lab check pdf run release references grade export report student-bundle gradescope formgrader lock clean data
+.PHONY: help setup test demo lab check pdf run release references grade export report student-bundle gradescope dask-scheduler dask-worker formgrader lock clean data
 
 help: ## List the things one can do
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -81,9 +81,9 @@ references: $(READY) ## Execute the solutions and record their public and hidden
 	@test -d solutions || { echo "solutions/ is not part of the student bundle"; exit 1; }
 	$(BIN)/python tools/record_references.py $(subst $(comma), ,$(ASSIGNMENT))
 
-grade: $(READY) ## Autograde SUBMISSIONS (default submitted/) in WORKERS processes (FORCE=1 regrades all)
+grade: $(READY) ## Autograde SUBMISSIONS (default submitted/) in WORKERS processes, or on a Dask cluster (SCHEDULER=tcp://host:8786); FORCE=1 regrades all
 	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }
-	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1,$(FORCE)),--force)
+	$(BIN)/python autograder/grade.py --submissions "$(SUBMISSIONS)" --output "$(GRADING_OUTPUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1,$(FORCE)),--force) $(if $(SCHEDULER),--scheduler "$(SCHEDULER)")
 
 export: $(READY) ## Write nbgrader's own export of the gradebook make grade wrote to GRADING_OUTPUT/nbgrader_export.csv
 	@test -f "$(abspath $(GRADING_OUTPUT))/gradebook.db" || { echo "No gradebook at $(abspath $(GRADING_OUTPUT))/gradebook.db: run make grade first (with the same GRADING_OUTPUT)."; exit 1; }
@@ -106,6 +106,16 @@ formgrader: $(READY) ## Open nbgrader's formgrader to grade written answers by h
 
 student-bundle: $(READY) ## Build dist/student-bundle(.tar.gz): what students clone (ASSIGNMENTS=NN_name[,...]: only those)
 	$(BIN)/python tools/student_bundle.py $(if $(filter command line,$(origin ASSIGNMENTS)),--assignments "$(ASSIGNMENTS)")
+
+# A Dask cluster for make grade SCHEDULER=...: the scheduler and each worker run from this checkout (at the same path on
+# every machine) with autograder/ on their Python path; a task that kills two workers is given up (graded 0 with a note).
+dask-scheduler: $(READY) ## Start a Dask scheduler for grading on a cluster (DASK_PORT=8786)
+	PYTHONPATH="$(CURDIR)/autograder" DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1 \
+		exec $(BIN)/dask scheduler --port $(or $(DASK_PORT),8786) --no-dashboard
+
+dask-worker: $(READY) ## Start a one-thread Dask grading worker on this machine (SCHEDULER=tcp://host:8786)
+	@test -n "$(SCHEDULER)" || { echo "Name the scheduler: make dask-worker SCHEDULER=tcp://host:8786"; exit 2; }
+	PYTHONPATH="$(CURDIR)/autograder" exec $(BIN)/dask worker "$(SCHEDULER)" --nthreads 1 --no-dashboard
 
 gradescope: $(READY) ## Build dist/gradescope/NN_name.zip, a Gradescope autograder for one assignment (ASSIGNMENT=NN_name)
 	@test -d autograder || { echo "autograder/ is not part of the student bundle"; exit 1; }

@@ -753,6 +753,7 @@ def main() -> int:
     parser.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or os.cpu_count() or 1))
     parser.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1", help="regrade everything")
+    parser.add_argument("--scheduler", help="grade on this Dask cluster (tcp://host:8786) instead of local worker processes")
     args = parser.parse_args()
 
     submitted, output = Path(args.submissions).resolve(), Path(args.output).resolve()
@@ -766,11 +767,12 @@ def main() -> int:
     # Share the cores between the workers' kernels: more math threads than cores would oversubscribe them.
     cpus_per_kernel = max(1, (os.cpu_count() or 1) // max(args.workers, 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(cpus_per_kernel))
-    sandboxed = use_sandbox(output, cpus_per_kernel)
-    if not sandboxed:
+    sandboxed = not args.scheduler and use_sandbox(output, cpus_per_kernel)  # on a cluster each worker's grader decides
+    if not sandboxed and not args.scheduler:
         print("WARNING: bubblewrap (bwrap) is not available: students' kernels run without a sandbox, so they could"
               " read files such as autograder/references/. Install bubblewrap to grade a real class.", file=sys.stderr)
-    isolation_line = isolation_in_force(sandboxed, cpus_per_kernel)
+    isolation_line = ("on each Dask worker, as its own make grade would (see a worker's log)" if args.scheduler
+                      else isolation_in_force(sandboxed, cpus_per_kernel))
     print(f"Isolation: {isolation_line}.", flush=True)
     (output / ".grading").mkdir(exist_ok=True)
     (output / ".grading" / "isolation.txt").write_text(isolation_line + "\n")  # for summaries (make demo)
@@ -790,13 +792,18 @@ def main() -> int:
     assignments = sorted({assignment for assignment, _ in todo})
     pool = None
     try:
-        if todo:
+        if todo and not args.scheduler:
             preload(assignments)
             pool = start_workers(min(max(args.workers, 1), len(todo)))  # before any gradebook connection exists
         for assignment in assignments:
             register_assignment(api, assignment)
         register_students(api, sorted({student for _, student in pairs}))
-        failures = grade(pool, todo, prints, output) if pool is not None else {}
+        if args.scheduler and todo:
+            import cluster
+
+            failures = cluster.grade_on_cluster(args.scheduler, api, todo, prints, submitted, output)
+        else:
+            failures = grade(pool, todo, prints, output) if pool is not None else {}
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -810,7 +817,8 @@ def main() -> int:
         print(f"Rewrote the feedback of {refreshed} submissions with marks given by hand since it was written.")
     export(api, pairs, failures, output)
     elapsed = time.monotonic() - started
-    print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s with {args.workers} workers{', sandboxed' if sandboxed else ''}; "
+    where = f"on the Dask cluster {args.scheduler}" if args.scheduler else f"with {args.workers} workers{', sandboxed' if sandboxed else ''}"
+    print(f"Graded {len(pairs)} submissions in {elapsed:.1f} s {where}; "
           f"{len(failures)} could not be graded. Wrote {output / 'grades.csv'} and {output / 'grades_by_test.csv'}.")
     try:  # the course reports (reports.py); the grades are written whatever happens to them
         from reports import write_reports
