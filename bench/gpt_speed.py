@@ -25,7 +25,7 @@ CELLS = ["layer_norm", "multi_headed_attention", "block", "gpt_embedding", "gpt"
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
-from notebooks import solution_namespace  # noqa: E402
+from notebooks import run_cells  # noqa: E402
 from shared.arithmetic import get_arithmetic_dataset  # noqa: E402
 from shared.lstm_lm import LSTMLM  # noqa: E402
 
@@ -103,7 +103,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    ns = solution_namespace("07_gpt", CELLS, {"math": __import__("math"), "torch": torch, "nn": nn, "F": nn.functional})
+    given = {"math": __import__("math"), "torch": torch, "nn": nn, "F": nn.functional}  # what the setup cell would import
+    ns = run_cells("07_gpt", CELLS, hidden=True, namespace=given).namespace
     (train_set, _), tokenizer, max_length, _ = get_arithmetic_dataset(args.p, "+", r_train=1.0, seed=0)
     generator = torch.Generator().manual_seed(0)
     index = torch.randint(0, len(train_set), (args.batch,), generator=generator)

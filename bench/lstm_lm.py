@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
-from notebooks import solution_namespace  # noqa: E402
+from notebooks import run_cells  # noqa: E402
 from shared import glove, tinystories  # noqa: E402
 from shared.data import length_bucketed_batches  # noqa: E402
 from shared.training import timed_warmup_cosine  # noqa: E402
@@ -52,9 +52,8 @@ def main() -> int:
     parser.add_argument("--attention", choices=["both", "on", "off"], default="both")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    ns = solution_namespace(ASSIGNMENT, CELLS)
+    ns = run_cells(ASSIGNMENT, CELLS, hidden=True).namespace
+    torch.set_num_threads(args.threads)  # after the setup cell, whose thread policy would otherwise decide
     settings = REFERENCE
     train_tokens, valid_tokens = prepared_splits()
     vocab = glove.build_vocabulary(train_tokens, settings["VSize"])

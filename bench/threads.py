@@ -35,7 +35,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
-from notebooks import solution_namespace  # noqa: E402
+from notebooks import run_cells  # noqa: E402
 from shared.arithmetic import get_arithmetic_dataset  # noqa: E402
 from shared.device import busy_cores, thread_choice  # noqa: E402
 from shared.lstm_lm import LSTMLM  # noqa: E402
@@ -53,7 +53,8 @@ class Workload:
 
 def arithmetic_workloads() -> list[Workload]:
     """07's GPT and LSTM on a minibatch of 512 equations (p = 31, two operation orders), AdamW as in the notebook."""
-    ns = solution_namespace("07_gpt", GPT_CELLS, {"math": math, "torch": torch, "nn": nn, "F": nn.functional})
+    given = {"math": math, "torch": torch, "nn": nn, "F": nn.functional}  # what the setup cell would import
+    ns = run_cells("07_gpt", GPT_CELLS, hidden=True, namespace=given).namespace
     (train_set, _), tokenizer, max_length, _ = get_arithmetic_dataset(31, "+", r_train=0.5, operation_orders=2, seed=0)
     index = torch.randint(0, len(train_set), (512,), generator=torch.Generator().manual_seed(0))
     inputs, targets, eq_positions, mask = (t[index] for t in train_set.tensors)
@@ -76,7 +77,7 @@ def arithmetic_workloads() -> list[Workload]:
 
 def story_workloads() -> list[Workload]:
     """08's LSTMLM (padded, no attention) at its fast and full sizes on 4 stories of TinyStories-like lengths."""
-    ns = solution_namespace("08_tinystories_lstm", LM_CELLS)
+    ns = run_cells("08_tinystories_lstm", LM_CELLS, hidden=True).namespace
     generator = torch.Generator().manual_seed(0)
     workloads = []
     for name, fast, vocabulary_size, hidden_size in (("LM 08 fast", True, 100, 16), ("LM 08 full", False, 5000, 256)):

@@ -76,11 +76,6 @@ def cell_source(assignment: str, cell_id: str, *, hidden: bool = False) -> str:
     return runnable(solution_sources(assignment)[cell_id], hidden=hidden)
 
 
-def solution_namespace(assignment: str, cell_ids: list[str], namespace: dict | None = None) -> dict:
-    """The namespace of run_cells (hidden tests kept), for the benches."""
-    return run_cells(assignment, cell_ids, hidden=True, namespace=namespace).namespace
-
-
 @dataclass
 class CellRun:
     """What running some cells left: their shared namespace and what they printed."""
