@@ -134,7 +134,8 @@ def record(api, output: Path, assignment: str, student: str, result: dict, refus
         folder = Path(coursedir.format_path(directory, student, assignment))
         if folder.exists():
             for path in folder.rglob("*"):
-                path.chmod(0o755 if path.is_dir() else 0o644)  # nbgrader leaves what it wrote read-only
+                if not path.is_symlink():  # a link is never followed
+                    path.chmod(0o755 if path.is_dir() else 0o644)  # nbgrader leaves what it wrote read-only
             shutil.rmtree(folder)
         for relative, content in result[kind].items():
             target = folder / relative
@@ -220,12 +221,10 @@ def grade_on_cluster(scheduler: str, api, todo: list[tuple[str, str]], prints: d
 
 def zero(api, assignment: str, student: str) -> None:
     """A submission the cluster could not grade: in the gradebook, with every automatic score 0 (grades.csv says 0 too)."""
+    import grade
     from nbgrader.api import Gradebook
 
     with Gradebook(api.coursedir.db_url) as gradebook:
-        submission = gradebook.update_or_create_submission(assignment, student)
-        for notebook in submission.notebooks:
-            for entry in notebook.grades:
-                entry.auto_score = 0.0
-        gradebook.db.commit()
+        gradebook.update_or_create_submission(assignment, student)
+    grade.withhold_all_points(assignment, student)
 

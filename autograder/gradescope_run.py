@@ -60,7 +60,9 @@ def find_notebook(run: Run) -> tuple[Path | None, str]:
     """(the submitted notebook, '') or (None, what the student should upload instead)."""
     folder = run.root / "submission"
     expected = f"{run.assignment}.ipynb"
-    found = sorted(p for p in folder.rglob("*.ipynb") if p.is_file() and ".ipynb_checkpoints" not in p.parts) if folder.is_dir() else []
+    # A link is never followed: it could name the grading copy of the notebook, which holds the hidden tests.
+    found = sorted(p for p in folder.rglob("*.ipynb")
+                   if p.is_file() and not p.is_symlink() and ".ipynb_checkpoints" not in p.parts) if folder.is_dir() else []
     named = [p for p in found if p.name == expected]
     if len(named) == 1:
         return named[0], ""
