@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared import grading_contract as contract
+
 HERE = Path(__file__).resolve().parent
 STARTUP_SECONDS = 600  # importing torch on a machine under load
 
@@ -166,7 +168,7 @@ class Harness:
             for path in [folder, *folder.iterdir(), *(folder / "outbox").iterdir()]:
                 os.chown(path, uid, uid, follow_symlinks=False)
         job = {"id": number, "folder": str(folder), "report": str(folder / "report.json"), "cells": cells,
-               "environment": {"COURSE_GRADING_OUTBOX": str(folder / "outbox"), "NBGRADER_EXECUTION": "autograde"},
+               "environment": {contract.OUTBOX: str(folder / "outbox"), contract.GRADING_EXECUTION: "autograde"},
                "assignment": assignment, "forbidden": {key.split("/", 1)[1]: names for key, names in self.rules.items()
                                                         if key.startswith(assignment + "/")}, **limits}
         try:

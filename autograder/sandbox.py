@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import isolation
+from shared import grading_contract as contract
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
@@ -61,7 +62,6 @@ SYSTEM_FILES = (  # the few files of /etc that Python, its libraries and fonts r
     "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/fonts", "/etc/mime.types", "/etc/os-release",
 )
 # The only variables a kernel gets: what the course's code reads while grading. Nothing else of the grader's.
-KERNEL_VARIABLES = ("NBGRADER_EXECUTION", "OMP_NUM_THREADS", "COURSE_DATA_DIR", "GLOVE_DIR", "COURSE_DEVICE")
 
 
 def give_to(uid: int, writable: list[Path], files: list[str]) -> None:
@@ -173,7 +173,7 @@ def allow_list(identity: list[str], binds: list[tuple[Path, Path]], read_only: l
         command += passable_parents(target, root) + ["--ro-bind", str(source), str(target)]
     command += ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
                 "--setenv", "PATH", f"{PYTHON.parent}:/usr/local/bin:/usr/bin:/bin"]
-    for name in KERNEL_VARIABLES:
+    for name in contract.KERNEL_VARIABLES:
         if name in os.environ:
             command += ["--setenv", name, os.environ[name]]
     return command

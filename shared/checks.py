@@ -1,14 +1,16 @@
 """Compare outputs with recorded reference values and explain any difference in a student's terms.
 
 A notebook makes one `Checker` for its assignment and calls `checker.check(name, value, ...)`
-after each exercise. Normally the value is compared with the reference recorded from the
-instructor's solution. When `$COURSE_RECORD_REFERENCES` names a directory (`make references`
-sets it), the value is recorded there instead.
+after each exercise. What a check does is the checker's mode, chosen once, when the checker is made,
+from the variables of shared/grading_contract.py that the process starting the kernel set:
 
-Public references ship with this package (`shared/references/<assignment>.pt`); hidden ones live
-only in the instructor's repository (`autograder/references/<assignment>.pt`). While grading,
-`$COURSE_GRADING_OUTBOX` names a folder: hidden checks then only write the value there, and the
-grader compares it with the hidden reference outside the student's kernel.
+* `Compare` (a student's notebook): compare with the reference recorded from the instructor's solution.
+  Public references ship with this package (`shared/references/<assignment>.pt`); hidden ones live only
+  in the instructor's repository (`autograder/references/<assignment>.pt`).
+* `SendHiddenToOutbox` (grading): hidden checks only write their values to an outbox folder, and the
+  grader compares them with the hidden references outside the student's kernel.
+* `RecordReferences` (`make references`): record each value as the reference.
+* `RecordMistake` (`make references`, while a catalogued mistake runs): record what the checks output.
 
 Known mistakes: `make references` also runs each mistake catalogued in autograder/mistakes/ (a small
 edit of the solution, e.g. the unbiased variance in LayerNorm) and records what the checks output
@@ -20,22 +22,17 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-RECORD_ENV = "COURSE_RECORD_REFERENCES"
-HIDDEN_ENV = "COURSE_HIDDEN_REFERENCES"
-OUTBOX_ENV = "COURSE_GRADING_OUTBOX"
+from shared import grading_contract as contract
+
 PUBLIC_DIR = Path(__file__).resolve().parent / "references"
 HIDDEN_DIR = Path(__file__).resolve().parent.parent / "autograder" / "references"
 
 Leaf = torch.Tensor | int | float | bool
-# Set (in the kernel) by tools/record_references.py while it runs a catalogued mistake: checks then
-# record their values as that mistake's output instead of as references.
-recording_mistake: str | None = None
 MAX_ROWS_SHOWN = 5
 
 
@@ -207,29 +204,120 @@ def _to_record(value: Any) -> Any:
     raise TypeError(f"cannot record a reference of type {type(value).__name__}")
 
 
-class Checker:
-    """Checks one assignment's outputs against its public and hidden reference files."""
+class Compare:
+    """The usual mode: compare each value with its reference and explain any difference."""
 
-    def __init__(self, assignment: str):
-        self.assignment = assignment
-        self._loaded: dict[str, dict[str, Any]] = {}
-        record_root = os.environ.get(RECORD_ENV)
-        self._record_root = Path(record_root) if record_root else None
-        self._recorded: dict[str, dict[str, Any]] = {"public": {}, "hidden": {}}
-        self._mistakes: dict[str, dict[str, list[dict]]] = {}
-        self._sent = 0
+    def __init__(self, hidden_dir: Path = HIDDEN_DIR):
+        self.hidden_dir = hidden_dir
 
-    def _path(self, scope: str) -> Path:
-        if self._record_root is not None:
-            folder = Path("shared/references") if scope == "public" else Path("autograder/references")
-            return self._record_root / folder / f"{self.assignment}.pt"
+    def reference_file(self, assignment: str, scope: str) -> Path:
+        return (PUBLIC_DIR if scope == "public" else self.hidden_dir) / f"{assignment}.pt"
+
+    def run(self, checker: Checker, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
+        __tracebackhide__ = True
+        reference = checker.reference(scope, name)
+        if scope == "hidden":
+            reference, rtol, atol = reference["value"], reference["rtol"], reference["atol"]
+        try:
+            compare(name, value, reference, rtol=rtol, atol=atol)
+        except CheckFailed as failure:
+            mistake = matching_mistake(value, checker.known_mistakes(scope, name), rtol, atol)
+            if mistake is None:
+                raise
+            raise CheckFailed(mistake_message(name, mistake) + "  What was compared:\n  " + str(failure).replace("\n", "\n  ").rstrip() + "\n") from None
+        print(f"✓ {name}: matches the reference")
+
+
+class SendHiddenToOutbox(Compare):
+    """While grading (the second pass): hidden checks only send their values to `outbox`; the grader scores them."""
+
+    def __init__(self, outbox: Path, hidden_dir: Path = HIDDEN_DIR):
+        super().__init__(hidden_dir)
+        self.outbox, self.sent = outbox, 0
+
+    def run(self, checker: Checker, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
+        __tracebackhide__ = True
         if scope == "public":
-            return PUBLIC_DIR / f"{self.assignment}.pt"
-        return Path(os.environ.get(HIDDEN_ENV, HIDDEN_DIR)) / f"{self.assignment}.pt"
+            return super().run(checker, scope, name, value, rtol, atol)
+        self.sent += 1
+        try:
+            message = contract.outbox_message(name, _to_record(value))
+        except TypeError:
+            message = contract.outbox_message(name, error=f"the result is {_describe(value)}, not a tensor, a number or a tuple/dict of them")
+        torch.save(message, contract.outbox_file(self.outbox, self.sent))
+        print(f"hidden check '{name}' recorded for grading")
 
-    def _reference(self, scope: str, name: str) -> Any:
+
+class RecordReferences:
+    """make references: record each value as the reference, under `root`/shared/references and `root`/autograder/references."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.recorded: dict[str, dict[str, Any]] = {"public": {}, "hidden": {}}
+
+    def reference_file(self, assignment: str, scope: str) -> Path:
+        folder = Path("shared/references") if scope == "public" else Path("autograder/references")
+        return self.root / folder / f"{assignment}.pt"
+
+    def run(self, checker: Checker, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
+        # Hidden references keep their tolerances: the grader compares outside the student's kernel.
+        value = _to_record(value)
+        self.recorded[scope][name] = {"value": value, "rtol": rtol, "atol": atol} if scope == "hidden" else value
+        path = self.reference_file(checker.assignment, scope)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        torch.save(self.recorded[scope], partial)
+        partial.replace(path)
+        print(f"recorded {scope} reference '{name}'")
+
+
+class RecordMistake(RecordReferences):
+    """make references, while a catalogued mistake runs: keep what each check outputs as that mistake's output."""
+
+    def __init__(self, root: Path, mistake: str):
+        super().__init__(root)
+        self.mistake = mistake
+
+    def run(self, checker: Checker, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
+        path = self.root / "mistakes-recorded" / f"{checker.assignment}.pt"
+        recorded = torch.load(path, weights_only=True) if path.exists() else {}
+        try:
+            entry = {"value": _to_record(value), "rtol": rtol, "atol": atol}
+        except TypeError:
+            return
+        recorded.setdefault(self.mistake, {}).setdefault(scope, {})[name] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(recorded, path)
+        print(f"recorded the output of mistake '{self.mistake}' for {scope} check '{name}'")
+
+
+Mode = Compare | SendHiddenToOutbox | RecordReferences | RecordMistake
+
+
+def mode_from_environment(environ: dict[str, str] | None = None) -> Mode:
+    """The mode the process that started this kernel asked for (see shared/grading_contract.py): compare by default."""
+    environ = os.environ if environ is None else environ
+    hidden_dir = Path(environ.get(contract.HIDDEN_REFERENCES) or HIDDEN_DIR)
+    if environ.get(contract.RECORD_REFERENCES):
+        return RecordReferences(Path(environ[contract.RECORD_REFERENCES]))
+    if environ.get(contract.OUTBOX):
+        return SendHiddenToOutbox(Path(environ[contract.OUTBOX]), hidden_dir)
+    return Compare(hidden_dir)
+
+
+class Checker:
+    """Checks one assignment's outputs against its public and hidden reference files, in one mode (see Mode)."""
+
+    def __init__(self, assignment: str, mode: Mode | None = None):
+        self.assignment = assignment
+        self.mode = mode_from_environment() if mode is None else mode
+        self._loaded: dict[str, dict[str, Any]] = {}
+        self._mistakes: dict[str, dict[str, list[dict]]] = {}
+
+    def reference(self, scope: str, name: str) -> Any:
+        """The recorded reference of check `name` ("public" or "hidden" scope); a readable CheckFailed if there is none."""
         if scope not in self._loaded:
-            path = self._path(scope)
+            path = self.mode.reference_file(self.assignment, scope)
             if not path.exists():
                 if scope == "hidden":
                     raise CheckFailed(f"Hidden checks for '{self.assignment}' run only on the grading machine ({path} is missing).\n")
@@ -243,62 +331,16 @@ class Checker:
             raise CheckFailed(f"No reference is recorded for check '{name}' of '{self.assignment}': instructors, run `make references`.\n")
         return references[name]
 
-    def _known_mistakes(self, scope: str, name: str) -> list[dict]:
+    def known_mistakes(self, scope: str, name: str) -> list[dict]:
+        """The catalogued mistakes recorded for check `name`: [{"id", "title", "hint", "value"}]."""
         if scope not in self._mistakes:
-            path = self._path(scope).with_suffix(".mistakes.pt")
+            path = self.mode.reference_file(self.assignment, scope).with_suffix(".mistakes.pt")
             self._mistakes[scope] = torch.load(path, weights_only=True) if path.exists() else {}
         return self._mistakes[scope].get(name, [])
 
-    def _record_mistake(self, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
-        """Keep what a check outputs under a catalogued mistake (make references sorts them out later)."""
-        path = self._record_root / "mistakes-recorded" / f"{self.assignment}.pt"
-        recorded = torch.load(path, weights_only=True) if path.exists() else {}
-        try:
-            entry = {"value": _to_record(value), "rtol": rtol, "atol": atol}
-        except TypeError:
-            return
-        recorded.setdefault(recording_mistake, {}).setdefault(scope, {})[name] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(recorded, path)
-        print(f"recorded the output of mistake '{recording_mistake}' for {scope} check '{name}'")
-
     def _run(self, scope: str, name: str, value: Any, rtol: float, atol: float) -> None:
         __tracebackhide__ = True
-        if recording_mistake is not None and self._record_root is not None:
-            self._record_mistake(scope, name, value, rtol, atol)
-            return
-        outbox = os.environ.get(OUTBOX_ENV)
-        if scope == "hidden" and outbox and self._record_root is None:
-            self._sent += 1
-            try:
-                message = {"name": name, "value": _to_record(value)}
-            except TypeError:
-                message = {"name": name, "error": f"the result is {_describe(value)}, not a tensor, a number or a tuple/dict of them"}
-            torch.save(message, Path(outbox) / f"{time.time_ns()}-{self._sent:05d}.pt")
-            print(f"hidden check '{name}' recorded for grading")
-            return
-        if self._record_root is not None:
-            # Hidden references keep their tolerances: the grader compares outside the student's kernel.
-            value = _to_record(value)
-            self._recorded[scope][name] = {"value": value, "rtol": rtol, "atol": atol} if scope == "hidden" else value
-            path = self._path(scope)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            torch.save(self._recorded[scope], partial)
-            partial.replace(path)
-            print(f"recorded {scope} reference '{name}'")
-            return
-        reference = self._reference(scope, name)
-        if scope == "hidden":
-            reference, rtol, atol = reference["value"], reference["rtol"], reference["atol"]
-        try:
-            compare(name, value, reference, rtol=rtol, atol=atol)
-        except CheckFailed as failure:
-            mistake = matching_mistake(value, self._known_mistakes(scope, name), rtol, atol)
-            if mistake is None:
-                raise
-            raise CheckFailed(mistake_message(name, mistake) + "  What was compared:\n  " + str(failure).replace("\n", "\n  ").rstrip() + "\n") from None
-        print(f"✓ {name}: matches the reference")
+        self.mode.run(self, scope, name, value, rtol, atol)
 
     def check(self, name: str, value: Any, *, rtol: float, atol: float) -> None:
         """Compare `value` (tensor, number, or tuple/dict of them) with the public reference `name`."""

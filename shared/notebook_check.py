@@ -31,6 +31,8 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.utils import compute_checksum, determine_grade
 
+from shared import grading_contract as contract
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # The autograder removes stderr output matching this before scoring (IgnorePattern in
 # autograder/nbgrader_config.py), so library warnings do not zero a test cell. Keep the two equal.
@@ -128,7 +130,7 @@ def run(notebook: NotebookNode, folder: Path, *, fast: bool, timeout: int | None
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs = []  # outputs saved from an earlier run must not count as this run's
-    env = {name: value for name, value in os.environ.items() if name not in ("COURSE_FAST", "NBGRADER_EXECUTION")}
+    env = {name: value for name, value in os.environ.items() if name not in (contract.FAST, contract.GRADING_EXECUTION)}
     if fast:
         env["COURSE_FAST"] = "1"
     code_cells = sum(cell.cell_type == "code" for cell in notebook.cells)

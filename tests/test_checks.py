@@ -5,7 +5,9 @@ import itertools
 import pytest
 import torch
 
-from shared.checks import HIDDEN_ENV, RECORD_ENV, CheckFailed, Checker, compare
+from shared import checks
+from shared.checks import CheckFailed, Checker, compare
+from shared.grading_contract import HIDDEN_REFERENCES as HIDDEN_ENV, OUTBOX as OUTBOX_ENV, RECORD_REFERENCES as RECORD_ENV
 
 TIGHT = {"rtol": 1e-6, "atol": 1e-9}
 
@@ -145,8 +147,6 @@ def test_public_references_ship_inside_the_package():
 
 def test_while_grading_hidden_checks_only_send_their_values_out(tmp_path, monkeypatch):
     """In the student's kernel a hidden check never compares (nothing there to patch): the grader does."""
-    from shared.checks import OUTBOX_ENV
-
     monkeypatch.setenv(HIDDEN_ENV, str(tmp_path / "nowhere"))  # no hidden references needed, none read
     monkeypatch.setenv(OUTBOX_ENV, str(tmp_path))
     checker = Checker("03_rnn_lstm")
@@ -156,3 +156,21 @@ def test_while_grading_hidden_checks_only_send_their_values_out(tmp_path, monkey
     assert [m["name"] for m in messages] == ["rnn_step/101", "rnn_step/102"]
     assert torch.equal(messages[0]["value"], torch.ones(2))
     assert "str 'not a tensor'" in messages[1]["error"]
+
+
+def test_the_mode_is_chosen_once_from_the_contract_variables(tmp_path):
+    """A checker's mode comes from the variables its kernel was started with, read when the checker is made."""
+    assert isinstance(checks.mode_from_environment({}), checks.Compare)
+    assert type(checks.mode_from_environment({OUTBOX_ENV: str(tmp_path)})) is checks.SendHiddenToOutbox
+    assert type(checks.mode_from_environment({RECORD_ENV: str(tmp_path), OUTBOX_ENV: str(tmp_path)})) is checks.RecordReferences
+    assert checks.mode_from_environment({HIDDEN_ENV: str(tmp_path)}).hidden_dir == tmp_path
+
+
+def test_a_recorded_mistake_keeps_the_checks_outputs_under_its_id(tmp_path):
+    checker = Checker("99_demo", mode=checks.RecordMistake(tmp_path, "wrong_sign"))
+    checker.check("public_one", torch.ones(2), **TIGHT)
+    checker.check_hidden("hidden_one", torch.zeros(3), **TIGHT)
+    recorded = torch.load(tmp_path / "mistakes-recorded/99_demo.pt", weights_only=True)
+    assert set(recorded["wrong_sign"]) == {"public", "hidden"}
+    assert torch.equal(recorded["wrong_sign"]["hidden"]["hidden_one"]["value"], torch.zeros(3))
+    assert not (tmp_path / "shared/references/99_demo.pt").exists()  # a mistake's output is never a reference

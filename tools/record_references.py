@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from shared import grading_contract as contract
 from notebooks import ROOT, assignments, errors, execute, run_in_kernel, run_mistakes
 
 
@@ -44,7 +45,7 @@ def record(assignment: str, root=ROOT) -> None:
     started = time.monotonic()
     notebook = execute(
         ROOT / "solutions" / assignment / f"{assignment}.ipynb",
-        env={"COURSE_RECORD_REFERENCES": str(root), "COURSE_FAST": "1"},
+        env={contract.RECORD_REFERENCES: str(root), contract.FAST: "1"},
         allow_errors=True,
         on_cell_executed=note_hidden_checks,
     )
@@ -54,6 +55,12 @@ def record(assignment: str, root=ROOT) -> None:
     (root / "autograder/references" / f"{assignment}.cells.json").write_text(json.dumps(cells, indent=1) + "\n")
     record_mistakes(assignment, root)
     print(f"{assignment}: references recorded in {time.monotonic() - started:.1f} s")
+
+
+# Code the recording kernel runs around each mistake: the notebook's checker records that mistake's outputs, then
+# goes back to recording references (into the scratch folder).
+RECORD_MISTAKE = "import shared.checks as _checks; _course_mode, checker.mode = checker.mode, _checks.RecordMistake(__import__('pathlib').Path({root!r}), {mistake!r})"
+RECORD_REFERENCES = "checker.mode = _course_mode"
 
 
 def record_mistakes(assignment: str, root=ROOT) -> None:
@@ -68,9 +75,9 @@ def record_mistakes(assignment: str, root=ROOT) -> None:
     scratch = root / ".mistakes-scratch"
     shutil.rmtree(scratch, ignore_errors=True)
     catalogue = run_mistakes(
-        assignment, env={"COURSE_RECORD_REFERENCES": str(scratch), "COURSE_FAST": "1"},
-        before=lambda client, mistake: run_in_kernel(client, f"import shared.checks; shared.checks.recording_mistake = {mistake.id!r}"),
-        after=lambda client, mistake, cells: run_in_kernel(client, "import shared.checks; shared.checks.recording_mistake = None"),
+        assignment, env={contract.RECORD_REFERENCES: str(scratch), contract.FAST: "1"},
+        before=lambda client, mistake: run_in_kernel(client, RECORD_MISTAKE.format(root=str(scratch), mistake=mistake.id)),
+        after=lambda client, mistake, cells: run_in_kernel(client, RECORD_REFERENCES),
     )
     if not catalogue:
         return
