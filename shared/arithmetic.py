@@ -23,6 +23,8 @@ import itertools
 import torch
 from torch.utils.data import TensorDataset
 
+from shared.vocab import Vocab
+
 OPERATORS = ("+", "-", "*", "/")
 BOS, EOS, PAD, EQ = "BOS", "EOS", "PAD", "="
 
@@ -44,28 +46,20 @@ def apply_operator(operator: str, a: int, b: int, p: int) -> int:
     raise ValueError(f"unknown operator {operator!r}; use one of {OPERATORS}")
 
 
-class Tokenizer:
-    """Token <-> id for one (p, operator): numbers 0..p-1 first, then the operator, =, BOS, EOS, PAD."""
+class Tokenizer(Vocab):
+    """The Vocab of one (p, operator): numbers 0..p-1 first, then the operator, =, BOS, EOS, PAD; `eq_id` is ='s id.
+
+    A Vocab whose `decode` gives the equation as text ('BOS 3 + 4 = 7 EOS') and `tokens_of` its tokens, as
+    notebook 07 prints and plots them.
+    """
 
     def __init__(self, p: int, operator: str):
-        self.tokens = [str(n) for n in range(p)] + [operator, EQ, BOS, EOS, PAD]
-        self.ids = {token: i for i, token in enumerate(self.tokens)}
-        self.eq, self.bos, self.eos, self.pad = (self.ids[t] for t in (EQ, BOS, EOS, PAD))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, text: str | list[str]) -> torch.Tensor:
-        """Ids of a space-separated string ("BOS 3 + 4 =") or a list of tokens: LongTensor (n,)."""
-        tokens = text.split() if isinstance(text, str) else list(text)
-        unknown = [t for t in tokens if t not in self.ids]
-        if unknown:
-            raise KeyError(f"tokens not in the vocabulary: {unknown}")
-        return torch.tensor([self.ids[t] for t in tokens], dtype=torch.long)
+        super().__init__([str(n) for n in range(p)] + [operator, EQ, BOS, EOS, PAD], pad=PAD, bos=BOS, eos=EOS)
+        self.eq_id = self.ids[EQ]
 
     def tokens_of(self, ids) -> list[str]:
         """The tokens of a sequence of ids (PAD included)."""
-        return [self.tokens[int(i)] for i in ids]
+        return super().decode(ids)
 
     def decode(self, ids) -> str:
         """The tokens of `ids` joined by spaces, e.g. 'BOS 3 + 4 = 7 EOS'."""
@@ -95,8 +89,8 @@ def encode_equations(rows: list[tuple[list[int], int]], tokenizer: Tokenizer, op
         for k, x in enumerate(operands):
             tokens += ([operator] if k else []) + [str(x)]
         tokens += [EQ, str(result), EOS]
-        sequences.append(tokenizer.encode(tokens + [PAD] * (length - len(tokens))))
-    return torch.stack(sequences)
+        sequences.append(tokenizer.encode(tokens, length))
+    return torch.tensor(sequences, dtype=torch.long)
 
 
 def sequence_length(order: int) -> int:
@@ -138,9 +132,9 @@ def get_arithmetic_dataset(
 
     def as_dataset(sequences: torch.Tensor) -> TensorDataset:
         inputs, targets = sequences[:, :-1], sequences[:, 1:]
-        eq_positions = (targets == tokenizer.eq).long().argmax(dim=1)
-        return TensorDataset(inputs, targets, eq_positions, targets != tokenizer.pad)
+        eq_positions = (targets == tokenizer.eq_id).long().argmax(dim=1)
+        return TensorDataset(inputs, targets, eq_positions, targets != tokenizer.pad_id)
 
     train = as_dataset(torch.cat(train_parts))
     valid = as_dataset(torch.cat(valid_parts))
-    return (train, valid), tokenizer, max_length, tokenizer.pad
+    return (train, valid), tokenizer, max_length, tokenizer.pad_id

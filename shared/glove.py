@@ -29,73 +29,17 @@ import numpy as np
 import torch
 
 from shared.tinystories import BOS, EOS, GLOVE_ZIP_URL, PAD, SPECIALS, UNK, DataError, data_dir, fetch
+from shared.vocab import Vocab
 
 DIMS = (50, 100, 200, 300)
 SPECIAL_SEED = 20230512  # seeds the <bos>/<eos> vectors
 _CACHE_VERSION = 1
 
 
-class Vocabulary:
-    """Token <-> id maps: the four specials at 0..3 (<pad>, <unk>, <bos>, <eos>), then the kept words.
-
-    `leftout` counts the training words that have a GloVe vector but did not make the cut; their
-    mean vector becomes <unk>'s embedding.
-    """
-
-    def __init__(self, itos: Iterable[str], leftout: dict[str, int] | None = None):
-        self.itos = list(itos)
-        if tuple(self.itos[:4]) != SPECIALS:
-            raise ValueError(f"a Vocabulary starts with {SPECIALS}, not {tuple(self.itos[:4])}")
-        self.stoi = {token: index for index, token in enumerate(self.itos)}
-        if len(self.stoi) != len(self.itos):
-            raise ValueError("a Vocabulary cannot hold the same token twice")
-        self.leftout = dict(leftout or {})
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Vocabulary) and self.itos == other.itos and self.leftout == other.leftout
-
-    def __repr__(self) -> str:
-        return f"Vocabulary({len(self)} tokens: {', '.join(self.itos[:8])}, ...)"
-
-    @property
-    def pad_id(self) -> int:
-        return 0
-
-    @property
-    def unk_id(self) -> int:
-        return 1
-
-    @property
-    def bos_id(self) -> int:
-        return 2
-
-    @property
-    def eos_id(self) -> int:
-        return 3
-
-    def encode(self, tokens: Iterable[str]) -> list[int]:
-        """Ids of `tokens`; a token outside the vocabulary gets unk_id."""
-        get, unk = self.stoi.get, self.unk_id
-        return [get(token, unk) for token in tokens]
-
-    def decode(self, ids) -> list[str]:
-        """Tokens of `ids` (a list or a tensor of ints)."""
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        return [self.itos[int(i)] for i in ids]
-
-    def to_dict(self) -> dict:
-        """Plain lists, for checkpoints (torch.save)."""
-        words = sorted(self.leftout)
-        return {"itos": list(self.itos), "leftout_words": words, "leftout_counts": [self.leftout[w] for w in words]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Vocabulary:
-        """The Vocabulary saved by to_dict."""
-        return cls(data["itos"], dict(zip(data.get("leftout_words", []), data.get("leftout_counts", []))))
+def glove_vocab(words: Iterable[str], leftout: dict[str, int] | None = None) -> Vocab:
+    """The four specials at 0..3 (<pad>, <unk>, <bos>, <eos>), then `words`; `leftout` counts the training words that
+    have a GloVe vector but did not make the cut (their mean vector becomes <unk>'s embedding)."""
+    return Vocab([*SPECIALS, *words], pad=PAD, unk=UNK, bos=BOS, eos=EOS, leftout=leftout)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +153,7 @@ def glove_vectors(dim: int = 50) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Vocabulary, embedding matrix, encoding
 
-def build_vocabulary(stories: list[list[str]], size: int, dim: int = 50) -> Vocabulary:
+def build_vocabulary(stories: list[list[str]], size: int, dim: int = 50) -> Vocab:
     """The 4 specials then the size - 4 most frequent tokens of `stories` that have a GloVe vector (ties: alphabetical).
 
     `size` is the total VSize. Raises ValueError when the stories hold fewer such tokens than size - 4.
@@ -225,15 +169,17 @@ def build_vocabulary(stories: list[list[str]], size: int, dim: int = 50) -> Voca
     if len(ranked) < wanted:
         raise ValueError(f"VSize={size} needs {wanted} distinct tokens with a GloVe vector, but these "
                          f"{len(stories)} stories have only {len(ranked)}: use more stories or a smaller VSize")
-    return Vocabulary([*SPECIALS, *(token for token, _ in ranked[:wanted])], dict(ranked[wanted:]))
+    return glove_vocab((token for token, _ in ranked[:wanted]), dict(ranked[wanted:]))
 
 
-def _cache_file(vocab: Vocabulary, dim: int) -> Path:
-    content = json.dumps({"version": _CACHE_VERSION, "dim": dim, **vocab.to_dict()}, ensure_ascii=False)
+def _cache_file(vocab: Vocab, dim: int) -> Path:
+    words = sorted(vocab.leftout)  # the key of cache version 1: the token list and the left-out counts
+    content = json.dumps({"version": _CACHE_VERSION, "dim": dim, "itos": vocab.tokens, "leftout_words": words,
+                          "leftout_counts": [vocab.leftout[w] for w in words]}, ensure_ascii=False)
     return data_dir() / "cache" / f"embedding_{dim}d_{hashlib.sha256(content.encode()).hexdigest()[:20]}.npy"
 
 
-def embedding_matrix(vocab: Vocabulary, dim: int = 50) -> torch.Tensor:
+def embedding_matrix(vocab: Vocab, dim: int = 50) -> torch.Tensor:
     """float32 (len(vocab), dim): GloVe rows; <pad> zeros; <unk> the count-weighted mean of the left-out words'
     vectors (all GloVe vectors when none are known); <bos>, <eos> fixed random vectors with the vocabulary's
     per-dimension GloVe spread. A word without a GloVe vector gets <unk>'s. Cached under data_dir()/cache/.
@@ -247,7 +193,7 @@ def embedding_matrix(vocab: Vocabulary, dim: int = 50) -> torch.Tensor:
             pass  # a damaged cache file is rebuilt below
     vectors, index = glove_vectors(dim), glove_index(dim)
     matrix = np.zeros((len(vocab), dim), dtype=np.float32)
-    words = [(position, index.get(token)) for position, token in enumerate(vocab.itos) if token not in SPECIALS]
+    words = [(position, index.get(token)) for position, token in enumerate(vocab.tokens) if token not in SPECIALS]
     found = [(position, row) for position, row in words if row is not None]
     if found:
         positions, rows = map(np.array, zip(*found))
@@ -277,7 +223,7 @@ def embedding_matrix(vocab: Vocabulary, dim: int = 50) -> torch.Tensor:
     return torch.from_numpy(matrix)
 
 
-def encode_stories(stories: list[list[str]], vocab: Vocabulary) -> list[torch.Tensor]:
+def encode_stories(stories: list[list[str]], vocab: Vocab) -> list[torch.Tensor]:
     """One LongTensor of ids per story (unknown tokens -> unk_id)."""
     if not stories:
         return []
@@ -286,5 +232,5 @@ def encode_stories(stories: list[list[str]], vocab: Vocabulary) -> list[torch.Te
     return [part.clone() for part in ids.split([len(story) for story in stories])]
 
 
-__all__ = ["BOS", "EOS", "PAD", "UNK", "Vocabulary", "build_vocabulary", "embedding_matrix", "encode_stories",
-           "glove_index", "glove_tokens", "glove_vectors"]
+__all__ = ["BOS", "EOS", "PAD", "UNK", "build_vocabulary", "embedding_matrix", "encode_stories",
+           "glove_index", "glove_tokens", "glove_vectors", "glove_vocab"]

@@ -21,37 +21,14 @@ from torch import nn
 
 from shared.device import threads_for
 from shared.training import progress_bar
+from shared.vocab import Vocab
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 
 
-class Vocab:
-    """Token <-> id, with <pad> = 0, <bos> = 1, <eos> = 2 followed by `tokens`."""
-
-    def __init__(self, tokens: list[str]):
-        self.tokens = [PAD, BOS, EOS, *tokens]
-        self.ids = {token: i for i, token in enumerate(self.tokens)}
-        self.pad, self.bos, self.eos = 0, 1, 2
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, tokens: list[str], length: int) -> list[int]:
-        """Ids of `tokens` followed by <eos>, padded with <pad> to `length`."""
-        ids = [self.ids[token] for token in tokens] + [self.eos]
-        if len(ids) > length:
-            raise ValueError(f"{len(ids)} ids do not fit in length {length}")
-        return ids + [self.pad] * (length - len(ids))
-
-    def decode(self, ids) -> list[str]:
-        """Tokens up to (not including) the first <eos>, without <pad> and <bos>."""
-        tokens = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
-            if i == self.eos:
-                break
-            if i not in (self.pad, self.bos):
-                tokens.append(self.tokens[i])
-        return tokens
+def letters_vocab(letters: list[str]) -> Vocab:
+    """<pad> = 0, <bos> = 1, <eos> = 2, then `letters`: the vocabulary of source and target."""
+    return Vocab([PAD, BOS, EOS, *letters], pad=PAD, bos=BOS, eos=EOS)
 
 
 @dataclass
@@ -90,12 +67,12 @@ def reversal_split(num_train: int = 20000, num_test: int = 1000, *, min_length: 
     strings: dict[tuple[str, ...], None] = {}  # insertion-ordered set
     while len(strings) < num_train + num_test:
         strings[tuple(rng.choices(letters, k=rng.randint(min_length, max_length)))] = None
-    vocab, ordered = Vocab(letters), list(strings)
+    vocab, ordered = letters_vocab(letters), list(strings)
 
     def pairs(chosen):
-        source = torch.tensor([vocab.encode(list(x), max_length + 1) for x in chosen])
-        target = torch.tensor([vocab.encode(list(reversed(x)), max_length + 1) for x in chosen])
-        return Seq2SeqData(source, (source != vocab.pad).sum(1), target, (target != vocab.pad).sum(1), vocab, vocab)
+        source = torch.tensor([vocab.encode([*x, EOS], max_length + 1) for x in chosen])
+        target = torch.tensor([vocab.encode([*reversed(x), EOS], max_length + 1) for x in chosen])
+        return Seq2SeqData(source, (source != vocab.pad_id).sum(1), target, (target != vocab.pad_id).sum(1), vocab, vocab)
 
     return pairs(ordered[num_test:]), pairs(ordered[:num_test])
 
@@ -103,10 +80,10 @@ def reversal_split(num_train: int = 20000, num_test: int = 1000, *, min_length: 
 class Seq2SeqEncoder(nn.Module):
     """Embedding + multi-layer GRU over the whole padded source (attention masks the padding later)."""
 
-    def __init__(self, vocab_size: int, embed_size: int, num_hiddens: int, num_layers: int, dropout: float = 0.0):
+    def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_size)
-        self.rnn = nn.GRU(embed_size, num_hiddens, num_layers, dropout=dropout)
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.rnn = nn.GRU(embedding_size, hidden_size, num_layers, dropout=dropout)
 
     def forward(self, X: torch.Tensor, valid_lens: torch.Tensor | None = None):
         """X (B, S) ids -> outputs (S, B, H) of the last layer at every step, state (L, B, H) after the last step."""
@@ -146,9 +123,9 @@ def train_seq2seq(model: EncoderDecoder, data: Seq2SeqData, *, steps: int, batch
             position += batch_size
             target = batch.target.to(device)
             logits = model(batch.source.to(device), batch.source_valid_lens.to(device),
-                           teacher_forcing_input(target, data.target_vocab.bos))
+                           teacher_forcing_input(target, data.target_vocab.bos_id))
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                               ignore_index=data.target_vocab.pad)
+                                               ignore_index=data.target_vocab.pad_id)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -183,5 +160,5 @@ def greedy_decode(model: EncoderDecoder, source: torch.Tensor, source_valid_lens
 
 def exact_match(predicted: torch.Tensor, target: torch.Tensor, vocab: Vocab) -> float:
     """Fraction of rows whose decoded tokens (up to <eos>) are exactly the target's."""
-    same = [vocab.decode(p) == vocab.decode(t) for p, t in zip(predicted, target)]
+    same = [vocab.decode(p, strip=True) == vocab.decode(t, strip=True) for p, t in zip(predicted, target)]
     return sum(same) / len(same)

@@ -18,7 +18,7 @@ from shared.attention import DotProductAttention, masked_softmax
 from shared.checks import CheckFailed
 from shared.data import seeded_randn
 from shared.plotting import plot_attention
-from shared.seq2seq import (EncoderDecoder, Seq2SeqEncoder, Vocab, exact_match, greedy_decode, reversal_split,
+from shared.seq2seq import (EncoderDecoder, Seq2SeqEncoder, exact_match, greedy_decode, letters_vocab, reversal_split,
                             teacher_forcing_input, train_seq2seq)
 from submissions import named, solution_sources
 
@@ -106,10 +106,10 @@ def test_reversal_split_reverses_pads_and_keeps_test_strings_out_of_training():
     assert vocab is train.target_vocab and vocab.tokens == ["<pad>", "<bos>", "<eos>", "a", "b", "c", "d"]
     for data in (train, test):
         for source, target, n_source, n_target in zip(data.source, data.target, data.source_valid_lens, data.target_valid_lens):
-            letters = vocab.decode(source)
-            assert 2 <= len(letters) <= 5 and vocab.decode(target) == letters[::-1]
-            assert n_source == n_target == len(letters) + 1 and source[n_source - 1] == vocab.eos
-            assert (source[n_source:] == vocab.pad).all() and (target[n_target:] == vocab.pad).all()
+            letters = vocab.decode(source, strip=True)
+            assert 2 <= len(letters) <= 5 and vocab.decode(target, strip=True) == letters[::-1]
+            assert n_source == n_target == len(letters) + 1 and source[n_source - 1] == vocab.eos_id
+            assert (source[n_source:] == vocab.pad_id).all() and (target[n_target:] == vocab.pad_id).all()
     train_strings = {tuple(row.tolist()) for row in train.source}
     assert len(train_strings) == 300 and not train_strings & {tuple(row.tolist()) for row in test.source}
     again, _ = reversal_split(num_train=300, num_test=50, min_length=2, max_length=5, num_letters=4, seed=7)
@@ -118,17 +118,18 @@ def test_reversal_split_reverses_pads_and_keeps_test_strings_out_of_training():
         reversal_split(num_train=30, num_test=0, min_length=1, max_length=1, num_letters=4)
 
 
-def test_vocab_and_teacher_forcing_input():
-    vocab = Vocab(["x", "y"])
-    assert vocab.encode(["y", "x"], 5) == [4, 3, 2, 0, 0] and vocab.decode([1, 4, 3, 2, 4, 0]) == ["y", "x"]
+def test_letters_vocab_and_teacher_forcing_input():
+    vocab = letters_vocab(["x", "y"])
+    assert (vocab.pad_id, vocab.bos_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2, None)
+    assert vocab.encode(["y", "x", "<eos>"], 5) == [4, 3, 2, 0, 0] and vocab.decode([1, 4, 3, 2, 4, 0], strip=True) == ["y", "x"]
     with pytest.raises(ValueError):
-        vocab.encode(["x", "y"], 2)
+        vocab.encode(["x", "y", "<eos>"], 2)
     target = torch.tensor([[4, 3, 2], [3, 2, 0]])
     assert teacher_forcing_input(target, bos=1).tolist() == [[1, 4, 3], [1, 3, 2]]
 
 
 def test_encoder_is_time_major():
-    encoder = Seq2SeqEncoder(vocab_size=7, embed_size=3, num_hiddens=5, num_layers=2)
+    encoder = Seq2SeqEncoder(vocab_size=7, embedding_size=3, hidden_size=5, num_layers=2)
     outputs, state = encoder(torch.randint(0, 7, (4, 6)))
     assert outputs.shape == (6, 4, 5) and state.shape == (2, 4, 5)
     torch.testing.assert_close(outputs[-1], state[-1])
@@ -159,7 +160,7 @@ def test_greedy_decode_feeds_back_and_fills_after_eos():
     model = EncoderDecoder(Seq2SeqEncoder(5, 2, 3, 1), ScriptedDecoder(script, vocab_size=5))
     ids, attention = greedy_decode(model, torch.tensor([[3, 2, 0], [4, 4, 2]]), torch.tensor([2, 3]), bos=1, eos=2, max_len=4)
     assert ids.tolist() == [[3, 2, 2, 2], [4, 4, 3, 3]] and attention.shape == (2, 4, 3)
-    vocab = Vocab(["x", "y"])
+    vocab = letters_vocab(["x", "y"])
     assert exact_match(ids, torch.tensor([[3, 2, 0, 0], [4, 4, 3, 4]]), vocab) == 0.5
 
 
@@ -180,7 +181,7 @@ def test_the_reversal_task_is_learned_quickly_with_the_attention_decoder():
     assert len(losses) == 150 and not model.training
     assert torch.get_num_threads() == threads  # training runs on one thread and restores the setting
     assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
-    predicted, attention = greedy_decode(model, test.source, test.source_valid_lens, bos=vocab.bos, eos=vocab.eos, max_len=6)
+    predicted, attention = greedy_decode(model, test.source, test.source_valid_lens, bos=vocab.bos_id, eos=vocab.eos_id, max_len=6)
     assert exact_match(predicted, test.target, vocab) > 0.5  # chance is below 6 ** -2
     assert (attention[test.source_valid_lens == 3][..., 3:] == 0).all()  # no weight on padding
 

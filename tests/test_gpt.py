@@ -53,11 +53,12 @@ def solve(text, p, operator):
 def test_tokenizer_numbers_first_pad_last_and_round_trip():
     tokenizer = Tokenizer(5, "*")
     assert tokenizer.tokens == ["0", "1", "2", "3", "4", "*", "=", "BOS", "EOS", "PAD"] and len(tokenizer) == 10
-    assert (tokenizer.eq, tokenizer.bos, tokenizer.eos, tokenizer.pad) == (6, 7, 8, 9)
+    assert (tokenizer.eq_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.unk_id) == (6, 7, 8, 9, None)
     ids = tokenizer.encode("BOS 3 * 4 = 2 EOS")
-    assert ids.tolist() == [7, 3, 5, 4, 6, 2, 8] and ids.dtype == torch.long
-    assert tokenizer.decode(ids) == "BOS 3 * 4 = 2 EOS"
-    assert torch.equal(tokenizer.encode(["3", "*"]), ids[1:3])
+    assert ids == [7, 3, 5, 4, 6, 2, 8]
+    assert tokenizer.decode(ids) == "BOS 3 * 4 = 2 EOS" == tokenizer.decode(torch.tensor(ids))
+    assert tokenizer.tokens_of(ids) == "BOS 3 * 4 = 2 EOS".split()
+    assert tokenizer.encode(["3", "*"]) == ids[1:3] and tokenizer.encode(["3"], 3) == [3, 9, 9]
     with pytest.raises(KeyError, match="5"):
         tokenizer.encode("BOS 5 * 1")
 
@@ -68,7 +69,7 @@ def test_every_equation_appears_once_with_its_true_result(operator):
     (train_set, valid_set), tokenizer, max_length, padding_index = get_arithmetic_dataset(p, operator, r_train=0.5, seed=1)
     expected = p * (p - 1) if operator == "/" else p * p
     assert len(train_set) + len(valid_set) == expected and len(train_set) == round(0.5 * expected)
-    assert max_length == 7 and padding_index == tokenizer.pad
+    assert max_length == 7 and padding_index == tokenizer.pad_id
     texts = []
     for inputs, targets, eq_position, mask in [*train_set, *valid_set]:
         text = tokenizer.decode(torch.cat([inputs[:1], targets]))
@@ -89,7 +90,7 @@ def test_orders_two_and_three_are_split_separately_and_padded():
         inputs, targets, eq_positions, mask = dataset.tensors
         assert inputs.shape[1] == targets.shape[1] == 8
         assert (eq_positions == 3).sum() == fraction(p**2) and (eq_positions == 5).sum() == fraction(p**3)
-        assert torch.equal(mask, targets != tokenizer.pad)
+        assert torch.equal(mask, targets != tokenizer.pad_id)
         for row in range(len(targets)):
             tokens = tokenizer.tokens_of(targets[row])
             assert tokens[int(eq_positions[row])] == "="

@@ -23,9 +23,10 @@ import pytest
 import torch
 
 from shared import glove, tinystories
-from shared.glove import Vocabulary, build_vocabulary, embedding_matrix, encode_stories
+from shared.glove import build_vocabulary, embedding_matrix, encode_stories
 from shared.tinystories import (BOS, EOS, KNOWN_SLICE, PAD, SPECIALS, UNK, DataError, fetch, load_split, prepare,
                                 slice_test_stories, tokenize)
+from shared.vocab import Vocab
 
 from conftest import SAMPLE_DIR, SLICE_PLACES
 
@@ -61,7 +62,7 @@ def vsize(source_dir) -> int:
 
 
 @pytest.fixture(scope="module")
-def vocab(prepared, vsize) -> Vocabulary:
+def vocab(prepared, vsize) -> Vocab:
     return build_vocabulary(load_split("train"), vsize)
 
 
@@ -391,43 +392,43 @@ def test_data_dir_defaults_to_the_repository(monkeypatch):
 # vocabulary and embeddings
 
 def test_vocabulary_has_the_specials_first_exact_size_and_frequent_glove_words(vocab, vsize, prepared):
-    assert len(vocab) == vsize and len(vocab.stoi) == vsize
-    assert vocab.itos[:4] == [PAD, UNK, BOS, EOS] == list(SPECIALS)
+    assert len(vocab) == vsize and len(vocab.ids) == vsize
+    assert vocab.tokens[:4] == [PAD, UNK, BOS, EOS] == list(SPECIALS)
     assert (vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id) == (0, 1, 2, 3)
     index = glove.glove_index(50)
-    assert all(token in index for token in vocab.itos[4:])
+    assert all(token in index for token in vocab.tokens[4:])
     counts: dict[str, int] = {}
     for story in load_split("train"):
         for token in story:
             counts[token] = counts.get(token, 0) + 1
-    kept = [counts[token] for token in vocab.itos[4:]]
+    kept = [counts[token] for token in vocab.tokens[4:]]
     assert kept == sorted(kept, reverse=True)
     assert min(kept) >= max(vocab.leftout.values())
     assert all(counts[token] == count for token, count in vocab.leftout.items())
-    assert {token for token in counts if token in index and token not in SPECIALS} == set(vocab.itos[4:]) | set(vocab.leftout)
+    assert {token for token in counts if token in index and token not in SPECIALS} == set(vocab.tokens[4:]) | set(vocab.leftout)
 
 
 def test_vocabulary_is_deterministic_with_ties_broken_alphabetically():
     stories = [["<bos>", "zebra", "apple", "cat", "apple", "<eos>"], ["<bos>", "dog", "cat", "<eos>"]]
     vocab = build_vocabulary(stories, 7)
-    assert vocab.itos == [PAD, UNK, BOS, EOS, "apple", "cat", "dog"]
+    assert vocab.tokens == [PAD, UNK, BOS, EOS, "apple", "cat", "dog"]
     assert vocab.leftout == {"zebra": 1}
     assert build_vocabulary(stories[::-1], 7) == vocab
-    assert build_vocabulary([["qqqzzzx", "apple"]], 5).itos[4:] == ["apple"], "tokens without a GloVe vector are never kept"
+    assert build_vocabulary([["qqqzzzx", "apple"]], 5).tokens[4:] == ["apple"], "tokens without a GloVe vector are never kept"
     with pytest.raises(ValueError, match="VSize=9 needs 5 distinct tokens with a GloVe vector"):
         build_vocabulary(stories, 9)
 
 
 def test_vocabulary_survives_a_checkpoint(vocab, tmp_path):
     torch.save({"vocab": vocab.to_dict()}, tmp_path / "lm.pt")
-    restored = Vocabulary.from_dict(torch.load(tmp_path / "lm.pt", weights_only=True)["vocab"])
-    assert restored == vocab and restored.stoi == vocab.stoi
+    restored = Vocab.from_dict(torch.load(tmp_path / "lm.pt", weights_only=True)["vocab"])
+    assert restored == vocab and restored.ids == vocab.ids and restored.unk_id == vocab.unk_id
 
 
 def test_encode_decode_round_trip_with_unknown_words(vocab):
     tokens = [BOS, "the", "qqqzzzx", "dog", EOS]
     ids = vocab.encode(tokens)
-    assert ids[0] == 2 and ids[2] == vocab.unk_id and ids[-1] == 3 and vocab.itos[ids[1]] == "the"
+    assert ids[0] == 2 and ids[2] == vocab.unk_id and ids[-1] == 3 and vocab.tokens[ids[1]] == "the"
     assert vocab.decode(ids) == [BOS, "the", UNK, "dog", EOS]
     assert vocab.decode(torch.tensor(ids)) == vocab.decode(ids)
     encoded = encode_stories([tokens, tokens[:2]], vocab)
@@ -438,8 +439,8 @@ def test_embedding_matrix_rows(vocab, vsize, data_home):
     matrix = embedding_matrix(vocab)
     assert matrix.dtype == torch.float32 and matrix.shape == (vsize, 50)
     package = np.load(glove._package_dir() / "glove_6B_50d_emb.npy", mmap_mode="r")
-    assert torch.equal(matrix[vocab.stoi["the"]], torch.from_numpy(np.array(package[0])))
-    assert torch.equal(matrix[vocab.stoi["dog"]], torch.from_numpy(np.array(package[glove.glove_index(50)["dog"]])))
+    assert torch.equal(matrix[vocab.ids["the"]], torch.from_numpy(np.array(package[0])))
+    assert torch.equal(matrix[vocab.ids["dog"]], torch.from_numpy(np.array(package[glove.glove_index(50)["dog"]])))
     assert torch.count_nonzero(matrix[vocab.pad_id]) == 0
     rows = np.array([glove.glove_index(50)[w] for w in vocab.leftout])
     weights = np.array(list(vocab.leftout.values()), dtype=np.float64)
@@ -492,7 +493,7 @@ def test_larger_glove_files_are_converted_once_from_glove_dir(tmp_path, monkeypa
         (tmp_path / "glove" / "glove.6B.100d.txt").unlink()  # later loads use the cache only
         glove.glove_tokens.cache_clear(), glove.glove_index.cache_clear()
         vocab = build_vocabulary([["dog", "the", "dog", "nan"]], 7, dim=100)
-        assert vocab.itos[4:] == ["dog", "nan", "the"]
+        assert vocab.tokens[4:] == ["dog", "nan", "the"]
         matrix = embedding_matrix(vocab, dim=100)
         assert matrix.shape == (7, 100) and torch.equal(matrix[4], torch.from_numpy(glove.glove_vectors(100)[5].copy()))
         monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "elsewhere"))

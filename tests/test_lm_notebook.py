@@ -153,7 +153,7 @@ def test_packed_and_padded_lstm_give_the_same_logits(ns):
     for attention, layers in ((False, 1), (True, 2)):
         packed = ns["fill_parameters_"](ns["LSTMLM"](embeddings, 6, layers, attention=attention).double(), seed=4)
         padded = ns["fill_parameters_"](ns["LSTMLM"](embeddings, 6, layers, attention=attention, packed=False).double(), seed=4)
-        inputs, lengths = ns["padded_ids"](5, [7, 1, 4, 9], vocabulary_size=15)
+        inputs, lengths = ns["padded_ids"](5, [7, 1, 4, 9], vocab_size=15)
         with torch.no_grad():
             torch.testing.assert_close(padded(inputs, lengths), packed(inputs, lengths), rtol=1e-9, atol=1e-12)
 
@@ -169,7 +169,7 @@ def ns():
 def test_real_positions_and_random_stories(ns):
     mask = ns["real_positions"](torch.tensor([3, 1, 4]), 4)
     assert mask.tolist() == [[True, True, True, False], [True, False, False, False], [True, True, True, True]]
-    stories = ns["random_stories"](5, [2, 6, 3], vocabulary_size=9)
+    stories = ns["random_stories"](5, [2, 6, 3], vocab_size=9)
     assert [len(s) for s in stories] == [2, 6, 3]
     assert all(s[0] == 2 and s[-1] == 3 and (s[1:-1] >= 4).all() and (s < 9).all() for s in stories)
 
@@ -203,8 +203,8 @@ def test_the_checks_need_no_data_files(tmp_path, monkeypatch, ns):
     """The check vocabulary comes from the notebook's own sentences and the installed GloVe package."""
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "nothing-here"))
     vocab = ns["check_vocabulary"]()
-    assert len(vocab) == 40 and vocab.itos[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
-    assert {"once", "lily", ",", "."} <= set(vocab.itos) and vocab.encode(["upon", "zebra"]) == [vocab.unk_id] * 2
+    assert len(vocab) == 40 and vocab.tokens[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert {"once", "lily", ",", "."} <= set(vocab.tokens) and vocab.encode(["upon", "zebra"]) == [vocab.unk_id] * 2
     for test_id in ("test_use", "test_prompt"):
         assert "✓" in run_check(test_id, hidden=True)
     assert not (tmp_path / "nothing-here").exists()
@@ -234,7 +234,7 @@ def test_fast_mode_writes_the_checkpoint_and_traces_outside_the_notebook_folder(
 def test_train_accepts_a_batches_hook_and_a_schedule(ns):
     """The hooks the full-mode recipe plugs in: another batching and a learning-rate schedule."""
     model = ns["StandInLM"](11, 4, seed=1)
-    stories = ns["random_stories"](2, [5, 9, 3, 7, 4, 6], vocabulary_size=11)
+    stories = ns["random_stories"](2, [5, 9, 3, 7, 4, 6], vocab_size=11)
     seen = []
 
     def longest_first(stories, batch_size, generator):
