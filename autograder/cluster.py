@@ -117,16 +117,16 @@ def connect(scheduler: str):
 
 def submission_payload(submitted: Path, assignment: str, student: str) -> tuple[dict[str, bytes], list[str]]:
     """(the files of one submission folder the grader accepts, by relative path; what it refused, as grade.py says it)."""
-    import grade
+    import collect
 
-    files, refused = grade.submission_files(submitted / student / assignment)
+    files, refused = collect.submission_files(submitted / student / assignment)
     folder = submitted / student / assignment
     return {str(relative): (folder / relative).read_bytes() for relative in files}, refused
 
 
 def record(api, output: Path, assignment: str, student: str, result: dict, refused: list[str]) -> None:
     """Write one worker's result into the class: graded notebook and feedback files, then the gradebook's scores."""
-    import grade
+    import record as recording
     from nbgrader.api import Gradebook
 
     coursedir = api.coursedir
@@ -142,7 +142,7 @@ def record(api, output: Path, assignment: str, student: str, result: dict, refus
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
     answers_file = output / ".grading" / assignment / f"{student}.answers.json"
-    reviewed = grade.reviewed_answers(assignment, student) if answers_file.exists() else set()
+    reviewed = recording.reviewed_answers(api, assignment, student) if answers_file.exists() else set()
     with Gradebook(coursedir.db_url) as gradebook:
         gradebook.update_or_create_submission(assignment, student)
         for notebook, grade_id, auto_score in result["grades"]:
@@ -153,19 +153,19 @@ def record(api, output: Path, assignment: str, student: str, result: dict, refus
             gradebook.find_comment(name, notebook, assignment, student).auto_comment = auto_comment
         gradebook.db.commit()
     if refused:
-        grade.note_refused_files(assignment, student, refused)
-    grade.keep_reviewed_answers(assignment, student, reviewed, answers_file)
+        recording.note_refused_files(api, assignment, student, refused)
+    recording.keep_reviewed_answers(api, assignment, student, reviewed, answers_file)
 
 
-def grade_on_cluster(scheduler: str, api, todo: list[tuple[str, str]], prints: dict, submitted: Path, output: Path) -> dict:
-    """Grade `todo` as tasks on the cluster; record each result as it arrives; returns {(assignment, student): failure reason}."""
+def grade_on_cluster(config, api, todo: list[tuple[str, str]], prints: dict) -> dict:
+    """Grade `todo` as tasks on config.scheduler's cluster; record each result as it arrives; returns {(assignment, student): failure reason}."""
     from distributed import as_completed
     from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker
 
-    import grade
+    import collect
 
-    grade._API = api  # record() uses grade.py's gradebook helpers, which read the API of the process they run in
+    scheduler, submitted, output = config.scheduler, config.submissions, config.output
     client = connect(scheduler)
     try:
         client.submit(ping, pure=False).result(timeout=CONNECT_TIMEOUT_S * 4)
@@ -209,7 +209,7 @@ def grade_on_cluster(scheduler: str, api, todo: list[tuple[str, str]], prints: d
                 failures[(assignment, student)] = reason
                 zero(api, assignment, student)
             else:
-                done = grade.marker(output, assignment, student)
+                done = collect.marker(output, assignment, student)
                 done.parent.mkdir(parents=True, exist_ok=True)
                 done.write_text(prints[(assignment, student)])
             status = f"FAILED: {reason}" if reason else "ok"
@@ -221,10 +221,10 @@ def grade_on_cluster(scheduler: str, api, todo: list[tuple[str, str]], prints: d
 
 def zero(api, assignment: str, student: str) -> None:
     """A submission the cluster could not grade: in the gradebook, with every automatic score 0 (grades.csv says 0 too)."""
-    import grade
+    import record
     from nbgrader.api import Gradebook
 
     with Gradebook(api.coursedir.db_url) as gradebook:
         gradebook.update_or_create_submission(assignment, student)
-    grade.withhold_all_points(assignment, student)
+    record.withhold_all_points(api, assignment, student)
 

@@ -110,9 +110,12 @@ def clean_run_cells(source_notebook: Path, submitted_notebook: Path) -> list[dic
 class Harness:
     """A worker's sandboxed zygote (harness_zygote.py), started on first use and again after any trouble."""
 
-    def __init__(self, root: Path, cpus: float, sandboxed: bool, rules: dict[str, list[str]]):
-        """`rules`: the from-scratch rule of every assignment, {"<assignment>/<answer grade_id>": [forbidden built-ins]}."""
+    def __init__(self, root: Path, cpus: float, sandboxed: bool, rules: dict[str, list[str]], *, output: Path,
+                 memory_mb: int = 4096, environment: dict[str, str] | None = None):
+        """`rules`: the from-scratch rule of every assignment, {"<assignment>/<answer grade_id>": [forbidden built-ins]};
+        `output`: the grading output `root` is in; `environment`: variables the zygote starts with, on top of ours."""
         self.root, self.cpus, self.sandboxed, self.rules = root, cpus, sandboxed, rules
+        self.output, self.memory_mb, self.environment = output, memory_mb, environment or {}
         self.process: subprocess.Popen | None = None
         self.jobs = itertools.count(1)
 
@@ -120,11 +123,13 @@ class Harness:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         if self.sandboxed:
-            command = [sys.executable, str(HERE / "sandbox.py"), "--harness", str(self.root), "--cpus", str(self.cpus)]
+            command = [sys.executable, str(HERE / "sandbox.py"), "--harness", str(self.root), "--cpus", str(self.cpus),
+                       "--memory-mb", str(self.memory_mb), "--output", str(self.output)]
         else:  # no bubblewrap: as unprotected as the kernel, but still without IPython and from the course's cells
             command = [sys.executable, "-I", "-B", str(HERE / "harness_zygote.py")]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        cwd=self.root, text=True, bufsize=1, start_new_session=True)
+                                        cwd=self.root, text=True, bufsize=1, start_new_session=True,
+                                        env={**os.environ, **self.environment})
         self.process.stdin.write(json.dumps({"guard": self.rules}) + "\n")
         self.process.stdin.flush()
         if self._reply(STARTUP_SECONDS) != {"ready": True}:

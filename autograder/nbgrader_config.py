@@ -7,6 +7,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from run_config import DEFAULT_CELL_TIMEOUT, DEFAULT_NOTEBOOK_TIMEOUT, set_course_directories, set_time_limits  # noqa: E402
 from anomalies import CheckSourceMetadata, ClearSourceHiddenTests  # noqa: E402
 from preprocessors import HideHiddenTestTracebacks, ResilientExecute, SaveAutoGradesWithheld  # noqa: E402
 from nbgrader.converters import Autograde  # noqa: E402
@@ -25,47 +26,18 @@ c.CourseDirectory.course_id = "sequence-models"
 c.CourseDirectory.root = str(HERE.parent)
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "notebooks"
-# Grading state (gradebook, autograded copies, feedback) goes to $GRADING_OUTPUT, by default the
-# repository root; submissions are read from $SUBMISSIONS (nbgrader's <student>/<assignment>/ layout).
+# Grading state (gradebook, autograded copies, feedback) goes to $GRADING_OUTPUT, by default the repository root;
+# submissions are read from $SUBMISSIONS (nbgrader's <student>/<assignment>/ layout). grade.py sets the same from its
+# run configuration (run_config.py), which also sets the time limits from $CELL_TIMEOUT and $NOTEBOOK_TIMEOUT.
 OUTPUT = Path(os.environ.get("GRADING_OUTPUT", HERE.parent)).resolve()
-c.CourseDirectory.submitted_directory = str(Path(os.environ.get("SUBMISSIONS", HERE.parent / "submitted")).resolve())
-c.CourseDirectory.autograded_directory = str(OUTPUT / "autograded")
-c.CourseDirectory.feedback_directory = str(OUTPUT / "feedback")
-# Parallel graders share the gradebook: wait for SQLite's write lock rather than fail.
-c.CourseDirectory.db_url = f"sqlite:///{OUTPUT / 'gradebook.db'}?timeout=120"
-# The course hands out and collects through git and grade.py, not through nbgrader's exchange; formgrader still checks
-# that an exchange folder is writable and warns on every page if not: it gets an empty one in the grading output.
-try:
-    (OUTPUT / ".exchange").mkdir(exist_ok=True)
-    c.Exchange.root = str(OUTPUT / ".exchange")
-except OSError:  # no grading output yet, or a read-only one: nbgrader's default, and its warning
-    pass
-
-# A cell may use CELL_TIMEOUT seconds of CPU time (its kernel's processes together), so that a busy machine
-# costs nobody points; wall time is limited too, generously, for code that sleeps or waits. A cell past
-# either limit is interrupted and the rest of the notebook still runs. The whole notebook has a budget.
-CELL_TIMEOUT = int(os.environ.get("CELL_TIMEOUT", "60"))
-c.ResilientExecute.cpu_time_limit = CELL_TIMEOUT
-c.ResilientExecute.wall_time_limit = 5 * CELL_TIMEOUT  # not counting waits for a busy CPU
-c.ResilientExecute.notebook_time_limit = int(os.environ.get("NOTEBOOK_TIMEOUT", "1800"))
-c.Execute.timeout = 20 * CELL_TIMEOUT  # nbclient's own wall clock: only a backstop
+set_course_directories(c, OUTPUT, Path(os.environ.get("SUBMISSIONS", HERE.parent / "submitted")).resolve())
+set_time_limits(c, int(os.environ.get("CELL_TIMEOUT", str(DEFAULT_CELL_TIMEOUT))), int(os.environ.get("NOTEBOOK_TIMEOUT", str(DEFAULT_NOTEBOOK_TIMEOUT))))
 c.Execute.interrupt_on_timeout = True
 # nbgrader fails a whole submission when a cell's output arrives later than this after its reply, or
 # when a kernel takes longer than startup_timeout to start: a busy machine must not trip either.
 c.Execute.iopub_timeout = 120
 c.Execute.startup_timeout = 600
 c.LimitOutput.max_lines = 1000
-
-# grade.py sets GRADING_KERNEL when students' kernels run in the bubblewrap sandbox (sandbox.py).
-# The sandbox has no network, so the kernel talks to nbgrader over Unix sockets instead of TCP.
-if os.environ.get("GRADING_KERNEL"):
-    c.Execute.kernel_name = os.environ["GRADING_KERNEL"]
-    c.KernelManager.transport = "ipc"
-    # An absolute socket prefix (a relative one resolves differently for kernel and client), in a
-    # folder per grading process: the sandbox lets the kernel write there and nowhere else in the runtime dir.
-    sockets = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"sockets-{os.getpid()}"
-    sockets.mkdir(exist_ok=True)
-    c.KernelManager.ip = str(sockets / "kernel")
 
 # Kernel death costs only the cell that killed it (see preprocessors.py).
 c.Autograde.autograde_preprocessors = [

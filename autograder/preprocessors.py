@@ -23,10 +23,12 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import psutil
-from traitlets import Float
+from jupyter_client.kernelspec import KernelSpecManager
+from traitlets import Dict, Float, List, Unicode
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
@@ -164,6 +166,11 @@ class ResilientExecute(Execute):
     cpu_time_limit = Float(60.0, help="CPU seconds a cell may use, all the kernel's processes together").tag(config=True)
     wall_time_limit = Float(300.0, help="Seconds a cell may run, not counting its kernel's waits for a busy CPU").tag(config=True)
     notebook_time_limit = Float(1800.0, help="Seconds for the whole notebook, replays included, counted as wall_time_limit").tag(config=True)
+    # Where kernels come from (grade.py sets these from its run configuration; no environment variable is involved).
+    kernel_environment = Dict(help="Variables every kernel starts with, on top of the grader's environment").tag(config=True)
+    kernel_dirs = List(Unicode(), help="Folders of kernelspecs searched before Jupyter's own (the sandbox's)").tag(config=True)
+    connection_dir = Unicode("", help="Folder for kernels' connection files (default: Jupyter's runtime folder)").tag(config=True)
+    sandbox_scratch = Unicode("", help="A sandboxed kernel's writable working folder (sandbox.py --scratch), per submission").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         self._fatal_cells: set[int] = set()
@@ -174,10 +181,27 @@ class ResilientExecute(Execute):
         self._notebook_seconds = 0.0
         self._notebook_output_characters, self._printed = 0, {}
         # The folders the sandbox lets the kernel write to on disk (sandbox.py), held to a quota per cell.
-        working = os.environ.get("COURSE_GRADING_SCRATCH") if os.environ.get("GRADING_KERNEL") else None
-        folder = working or (resources or {}).get("metadata", {}).get("path")
+        folder = self.sandbox_scratch or (resources or {}).get("metadata", {}).get("path")
         self._writable = [Path(folder)] if folder else []
         return super().preprocess(nb, resources, km)
+
+    def create_kernel_manager(self):
+        """nbclient's kernel manager, finding kernelspecs in `kernel_dirs` and writing connection files to `connection_dir`."""
+        km = super().create_kernel_manager()
+        if self.kernel_dirs:
+            km.kernel_spec_manager = KernelSpecManager(kernel_dirs=[*self.kernel_dirs, *KernelSpecManager().kernel_dirs])
+        if self.connection_dir:
+            km.connection_file = os.path.join(self.connection_dir, f"kernel-{uuid.uuid4()}.json")
+        return km
+
+    async def async_start_new_kernel(self, **kwargs):
+        """Start the kernel with `kernel_environment`, and a sandboxed kernel with its submission's scratch folder."""
+        kwargs.setdefault("env", {**os.environ, **self.kernel_environment})
+        if self.sandbox_scratch and "--scratch" not in self.extra_arguments:
+            self.extra_arguments = [*self.extra_arguments, "--scratch", self.sandbox_scratch]
+        return await super().async_start_new_kernel(**kwargs)
+
+    start_new_kernel = run_sync(async_start_new_kernel)
 
     def _remove_writes_over_quota(self) -> bool:
         """If the cell wrote more than its quota, delete what it added to the kernel's folders; returns whether it did."""

@@ -57,7 +57,7 @@ from urllib.parse import quote
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grade import FORMULA_STARTS, inert_cell as inert  # noqa: E402
+from export import FORMULA_STARTS, inert_cell as inert  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -1,6 +1,6 @@
 """Start a student's IPython kernel in a sandbox; `make grade` uses it through a kernelspec on Linux.
 
-Usage (by jupyter_client): python sandbox.py [--cpus N] <connection file>
+Usage (by jupyter_client): python sandbox.py --output DIR [--cpus N] [--memory-mb M] <connection file> --scratch DIR
 
 With bubblewrap (`bwrap`), the kernel runs with no capabilities, no network and its own process
 tree. Its user: when grading runs as root, a user id of the kernel's own (FIRST_UID + the launcher's
@@ -9,7 +9,7 @@ bomb use up the others' limit; otherwise the user nobody in a user namespace, ma
 The instructor's folders (autograder/ with the hidden references, solutions/, .git/), all
 submissions, and the grading output (gradebook, other students' graded notebooks) are replaced by
 empty folders, except this submission's own folder. Limits: address
-space ($GRADING_MEMORY_MB, default 4096), processes (256; as a normal user, 256 more than that
+space (--memory-mb, from $GRADING_MEMORY_MB, default 4096), processes (256; as a normal user, 256 more than that
 user already runs), file size (256 MB), and 512 MB in each emptied folder; preprocessors.py holds
 what the kernel adds to its working folder on disk to a quota per cell.
 When grading as root on a machine with cgroups, the kernel as a whole (every process it starts,
@@ -32,7 +32,6 @@ from shared import grading_contract as contract
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
-MEMORY_BYTES = int(os.environ.get("GRADING_MEMORY_MB", "4096")) * 2**20
 EXTRA_PROCESSES = 256
 FIRST_UID = 200_000  # ids no account uses; a kernel takes FIRST_UID + its launcher's pid
 FILE_BYTES = 256 * 2**20
@@ -132,19 +131,19 @@ def sandbox_failure() -> str | None:
     return (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
 
 
-def identity_and_limits(name: str, cpus: float, writable: list[Path], extra_files: list[str]) -> tuple[list[str], list[str]]:
+def identity_and_limits(name: str, cpus: float, memory_bytes: int, writable: list[Path], extra_files: list[str]) -> tuple[list[str], list[str]]:
     """(bwrap's identity arguments, the inner stage's limit arguments) for a sandboxed process; as root, also enter its cgroup."""
     if os.geteuid() == 0:
         # Root sets the sandbox up, and its inner stage drops to a user id of this process's own.
         uid, tasks = FIRST_UID + os.getpid(), 0
         give_to(uid, writable, extra_files)
         # The whole process, with whatever it starts or detaches, shares one CPU quota, memory limit and process count.
-        isolation.enter(f"{name}-{os.getpid()}", isolation.Limits(cpus, MEMORY_BYTES, EXTRA_PROCESSES))
+        isolation.enter(f"{name}-{os.getpid()}", isolation.Limits(cpus, memory_bytes, EXTRA_PROCESSES))
         identity = ROOT_IDENTITY
     else:
         uid, tasks = 0, tasks_of_this_user()
         identity = USER_IDENTITY
-    return identity, [str(MEMORY_BYTES), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid), str(KERNEL_NICENESS)]
+    return identity, [str(memory_bytes), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), str(uid), str(KERNEL_NICENESS)]
 
 
 def allow_list(identity: list[str], binds: list[tuple[Path, Path]], read_only: list[tuple[Path, Path]]) -> list[str]:
@@ -179,29 +178,29 @@ def allow_list(identity: list[str], binds: list[tuple[Path, Path]], read_only: l
     return command
 
 
-def sandbox_command(connection_file: str, cpus: float) -> list[str]:
-    """The bwrap command line that runs this script's inner stage for `connection_file`."""
-    here, output = Path.cwd(), Path(os.environ["GRADING_OUTPUT"]).resolve()
+def sandbox_command(connection_file: str, cpus: float, memory_bytes: int, output: Path, scratch: Path) -> list[str]:
+    """The bwrap command line that runs this script's inner stage for `connection_file`: a kernel working in the current
+    folder (a submission's, under `output`/autograded), which it sees as `scratch`."""
+    here, output = Path.cwd(), output.resolve()
     if not here.is_relative_to(output / "autograded"):  # the folder is handed to the kernel's user: never anything else
         raise SystemExit(f"sandbox.py: a graded kernel runs in {output / 'autograded'}/<student>/<assignment>, not in {here}")
-    scratch = Path(os.environ["COURSE_GRADING_SCRATCH"])
     if not scratch.resolve().is_relative_to(output / ".grading" / "scratch"):
         raise SystemExit(f"sandbox.py: a kernel's scratch folder is under {output / '.grading' / 'scratch'}, not {scratch}")
     prepare_scratch(scratch, here)
     sockets = Path(json.loads(Path(connection_file).read_text())["ip"]).parent  # ipc transport: "ip" is a path prefix
-    identity, limits = identity_and_limits("kernel", cpus, [scratch, sockets], [connection_file])
+    identity, limits = identity_and_limits("kernel", cpus, memory_bytes, [scratch, sockets], [connection_file])
     binds = [(scratch, here), (sockets, sockets)]
     command = allow_list(identity, binds, [(Path(connection_file), Path(connection_file))])
     program = [str(PYTHON), "-m", "ipykernel_launcher", "-f", connection_file]
     return command + ["--chdir", str(here), str(PYTHON), "-c", INSIDE, *limits, *program]
 
 
-def harness_command(jobs: Path, cpus: float) -> list[str]:
-    """The bwrap command line of a worker's clean second pass (harness_zygote.py), working in `jobs`."""
-    output = Path(os.environ["GRADING_OUTPUT"]).resolve()
+def harness_command(jobs: Path, cpus: float, memory_bytes: int, output: Path) -> list[str]:
+    """The bwrap command line of a worker's clean second pass (harness_zygote.py), working in `jobs` under `output`."""
+    output = output.resolve()
     if not jobs.resolve().is_relative_to(output / ".grading" / "harness"):
         raise SystemExit(f"sandbox.py: a harness works under {output / '.grading' / 'harness'}, not {jobs}")
-    identity, limits = identity_and_limits("harness", cpus, [jobs], [])
+    identity, limits = identity_and_limits("harness", cpus, memory_bytes, [jobs], [])
     inside = Path("/grading-harness")
     code = [(HERE / name, inside / name) for name in ("harness_zygote.py", "from_scratch.py") if (HERE / name).exists()]
     command = allow_list(identity, [(jobs, jobs)], code)
@@ -245,9 +244,15 @@ if __name__ == "__main__":
     parser.add_argument("connection_file", nargs="?", help="the kernel's connection file (from jupyter_client)")
     parser.add_argument("--harness", type=Path, help="start the clean second pass working in this folder instead")
     parser.add_argument("--cpus", type=float, default=1.0, help="the CPU quota of the kernel as a whole, in cores (with cgroups)")
+    parser.add_argument("--memory-mb", type=int, default=4096, help="the address space of each process (and, with cgroups, of all)")
+    parser.add_argument("--output", type=Path, required=True, help="the grading output (grade.py --output)")
+    parser.add_argument("--scratch", type=Path, help="the kernel's writable working folder, under <output>/.grading/scratch")
     arguments = parser.parse_args()
+    memory = arguments.memory_mb * 2**20
     if arguments.harness:
-        command = harness_command(arguments.harness, arguments.cpus)
+        command = harness_command(arguments.harness, arguments.cpus, memory, arguments.output)
+    elif arguments.scratch is None:
+        raise SystemExit("sandbox.py: a kernel needs --scratch (its working folder)")
     else:
-        command = sandbox_command(arguments.connection_file, arguments.cpus)
+        command = sandbox_command(arguments.connection_file, arguments.cpus, memory, arguments.output, arguments.scratch)
     os.execvp(command[0], command)

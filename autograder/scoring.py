@@ -14,6 +14,7 @@ how many elements are off, or the catalogued mistake it matches), never the hidd
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -34,6 +35,7 @@ CPU_SECONDS_PER_ITEM = 20  # decoding one file, or scoring one cell's checks
 CHILD_CPU_SECONDS = 300
 CHILD_MEMORY_BYTES = 4 * 2**30  # on top of what the grader already maps
 SILENT_CHILD_SECONDS = 900  # a backstop only: the CPU budgets end a busy child long before
+REFERENCES = Path(__file__).resolve().parent / "references"
 
 
 class BudgetExceeded(Exception):
@@ -286,3 +288,21 @@ def score_hidden_checks(contents: list[bytes], cells: dict[str, list[str]], refe
         verdicts.setdefault(grade_id, "its hidden checks could not be scored")
     return verdicts
 
+
+
+@functools.cache
+def hidden_references(assignment: str) -> tuple[dict, dict, dict]:
+    """(hidden references, recorded mistakes, {test cell: check names}) of an assignment, read once per process."""
+    import torch
+
+    references = torch.load(REFERENCES / f"{assignment}.pt", weights_only=True)
+    mistakes_file = REFERENCES / f"{assignment}.mistakes.pt"
+    mistakes = torch.load(mistakes_file, weights_only=True) if mistakes_file.exists() else {}
+    cells = json.loads((REFERENCES / f"{assignment}.cells.json").read_text())
+    return references, mistakes, cells
+
+
+def hidden_check_verdicts(assignment: str, outbox: Path) -> dict[str, str | None]:
+    """{test cell grade_id: None when all its hidden checks passed, else why not}, from what `outbox` holds."""
+    references, mistakes, cells = hidden_references(assignment)
+    return score_hidden_checks(read_outbox(outbox), cells, references, mistakes)

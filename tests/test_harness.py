@@ -21,13 +21,12 @@ def test_a_child_that_dies_in_a_cell_is_replayed_without_it_with_a_course_folder
     (data / "stories.txt").write_text("once upon a time\n")
     data.chmod(0o755)
     monkeypatch.setenv("COURSE_DATA_DIR", str(data))
-    monkeypatch.setenv("GRADING_OUTPUT", str(tmp_path / "output"))
     submission = tmp_path / "submission"
     submission.mkdir()
     cells = [{"kind": "given", "grade_id": "setup", "source": "x = 1"},
              {"kind": "solution", "grade_id": "dies", "source": "import os\nos._exit(1)"},
              {"kind": "test", "grade_id": "after", "source": "assert x == 1\nassert open(__import__('os').environ['COURSE_DATA_DIR'] + '/stories.txt').read()"}]
-    second_pass = harness.Harness(tmp_path / "output/.grading/harness/test", 1.0, True, {})
+    second_pass = harness.Harness(tmp_path / "output/.grading/harness/test", 1.0, True, {}, output=tmp_path / "output")
     try:
         folder, ended = second_pass.finish(second_pass.start("03_rnn_lstm", cells, submission, harness.run_limits(30, 60, 120)))
         statuses = {cell["grade_id"]: cell["status"] for cell in harness.read_report(folder / "report.json")["cells"]}

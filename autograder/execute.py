@@ -1,0 +1,266 @@
+"""Stages 2 and 3, execute and score: run each submission with nbgrader in the sandbox while its clean second pass runs
+its answers with the hidden checks, then score those checks (scoring.py) and record the outcome (record.py).
+
+A `Worker` is one grading process's state: its nbgrader API and its second pass. Workers are forked from the
+driver (grade.py) after `preload`, and each makes its Worker once, from the run configuration it is handed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+
+import collect
+import record
+import scoring
+from feedback import feedback_converter_class, generate_feedback
+from run_config import RunConfig, set_course_directories, set_time_limits
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_api(config: RunConfig):
+    """An NbGraderAPI configured by autograder/nbgrader_config.py, pointed at this run's folders, limits and kernels."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    c = PyFileConfigLoader("nbgrader_config.py", path=str(HERE)).load_config()
+    set_course_directories(c, config.output, config.submissions)
+    set_time_limits(c, config.cell_timeout, config.notebook_timeout)
+    # Once the last cell has run, every output and hidden-check value is in: stop the kernel at once.
+    # A graceful shutdown waits a second per submission for the kernel's exit hooks, with the core idle.
+    c.Execute.shutdown_kernel = "immediate"
+    c.ResilientExecute.kernel_environment = config.kernel_environment
+    if config.sandboxed:
+        c.Execute.kernel_name = config.kernel_name
+        c.ResilientExecute.kernel_dirs = [str(config.kernels_dir)]
+        # The sandbox has no network, so the kernel talks to nbgrader over Unix sockets instead of TCP. An absolute
+        # socket prefix (a relative one resolves differently for kernel and client), in a folder per grading process:
+        # the sandbox lets the kernel write there and nowhere else in the runtime folder.
+        sockets = config.runtime_dir / f"sockets-{os.getpid()}"
+        sockets.mkdir(exist_ok=True)
+        c.KernelManager.transport = "ipc"
+        c.KernelManager.ip = str(sockets / "kernel")
+        c.ResilientExecute.connection_dir = str(config.runtime_dir)
+    return NbGraderAPI(config=c)
+
+
+def register_assignment(api, assignment: str) -> None:
+    """Record the assignment's graded cells in the gradebook without touching notebooks/."""
+    from nbgrader.utils import temp_attrs
+
+    with tempfile.TemporaryDirectory() as scratch, temp_attrs(api.coursedir, release_directory=scratch):
+        result = api.generate_assignment(assignment, force=True, create=True)
+    if not result["success"]:
+        raise SystemExit(f"Could not register assignment {assignment} from solutions/:\n{result.get('log', '')}\n{result.get('error', '')}")
+
+
+def register_students(api, students: list[str]) -> None:
+    """Create every student in the gradebook up front: parallel workers creating one student race."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(api.coursedir.db_url) as gradebook:
+        for student in students:
+            gradebook.update_or_create_student(student)
+
+
+def prepare_sandbox(config: RunConfig) -> RunConfig:
+    """The configuration with kernels routed through sandbox.py when bubblewrap is here and wanted; else unchanged.
+
+    Writes the sandbox's kernelspec under the grading output and makes the short runtime folder its sockets need.
+    """
+    if not config.sandbox_wanted or config.scheduler or not shutil.which("bwrap"):
+        return config  # on a cluster, each worker's own grader decides
+    import sandbox
+
+    failure = sandbox.sandbox_failure()
+    if failure:
+        raise SystemExit(f"bubblewrap is installed but cannot start a sandbox on this machine: {failure}\n"
+                         "Grading stopped before any kernel ran, so no grade was touched. In a container, bwrap needs user "
+                         "namespaces (or, as root, permission to create mount namespaces). To grade without the sandbox "
+                         "(students' kernels could then read autograder/references/), run with GRADING_SANDBOX=0.")
+    sandboxed = replace(config, sandboxed=True)
+    kernels = sandboxed.kernels_dir / sandboxed.kernel_name
+    kernels.mkdir(parents=True, exist_ok=True)
+    spec = {"argv": [sys.executable, str(HERE / "sandbox.py"), "--cpus", str(config.kernel_threads), "--memory-mb",
+                     str(config.memory_mb), "--output", str(config.output), "{connection_file}"],
+            "display_name": "Python 3 (grading sandbox)", "language": "python", "interrupt_mode": "message"}
+    (kernels / "kernel.json").write_text(json.dumps(spec, indent=1))
+    # Unix socket paths must stay under ~100 characters: a short folder in /tmp.
+    runtime = Path(tempfile.mkdtemp(prefix="grading-"))
+    atexit.register(shutil.rmtree, runtime, ignore_errors=True)  # forked workers leave through os._exit: only this process
+    return replace(sandboxed, runtime_dir=runtime)
+
+
+class Worker:
+    """One grading process: its nbgrader API and its clean second pass (harness.py), for every submission it grades."""
+
+    def __init__(self, config: RunConfig):
+        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's gradebook trips SQLAlchemy's autoflush warnings
+        self.config = config
+        self.api = load_api(config)
+        self.harness = None  # started on first use
+
+    def grade_one(self, assignment: str, student: str) -> tuple[str, str, str, float]:
+        """Autograde one submission and write its feedback; returns (assignment, student, failure reason or '', seconds)."""
+        started = time.monotonic()
+        try:
+            reason = self.autograde_and_score(assignment, student)
+        except Exception as error:  # a grader bug must not stop the class: report it on this submission
+            reason = f"grader error: {error!r}"
+        if reason:
+            try:
+                record.withhold_all_points(self.api, assignment, student)
+            except Exception:  # no gradebook entry to zero: grades.csv says 0 anyway
+                pass
+        return assignment, student, reason, time.monotonic() - started
+
+    def autograde_and_score(self, assignment: str, student: str) -> str:
+        """The stages of grading one submission: stage a safe copy, autograde it, score its hidden checks, write feedback.
+
+        Returns why it could not be graded, or ''.
+        """
+        from nbgrader.utils import temp_attrs
+
+        api, grading = self.api, self.config.grading_dir
+        scratch = grading / "scratch" / assignment / student  # the kernel's working folder (sandbox.py)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        answers_file = grading / assignment / f"{student}.answers.json"
+        reviewed = record.reviewed_answers(api, assignment, student) if answers_file.exists() else set()
+        refused = collect.stage_submission(self.config.submissions, grading / "staged", assignment, student)
+        staged = grading / "staged" / student / assignment
+        if not (staged / f"{assignment}.ipynb").is_file():
+            why = next((note for note in refused if note.startswith((f"{assignment}.ipynb ", assignment + " "))), "")
+            return f"no notebook {assignment}.ipynb to grade" + (f": {why}" if why else "")
+        # The second pass runs while nbgrader runs the kernel: each fills the other's waits.
+        second = self.start_second_pass(assignment, staged)
+        api.config.ResilientExecute.sandbox_scratch = str(scratch) if self.config.sandboxed else ""
+        with temp_attrs(api.coursedir, submitted_directory=str(grading / "staged")):
+            result = api.autograde(assignment, student, force=True, create=True)
+        verdicts = self.finish_second_pass(assignment, second)
+        shutil.rmtree(scratch, ignore_errors=True)  # what the kernel wrote is not kept, nor shown in feedback
+        if not result["success"]:
+            return record.first_error_line(result.get("error", "") + "\n" + result.get("log", ""))
+        if refused:
+            record.note_refused_files(api, assignment, student, refused)
+        record.grant_points(api, assignment, student, verdicts)
+        shutil.rmtree(staged, ignore_errors=True)  # graded: the copy is not needed again
+        record.keep_reviewed_answers(api, assignment, student, reviewed, answers_file)
+        feedback = generate_feedback(api, assignment, student)
+        return "" if feedback["success"] else "feedback failed: " + record.first_error_line(feedback.get("error", ""))
+
+    def start_second_pass(self, assignment: str, submission: Path) -> dict:
+        """Start running the submission's answers with the course's test cells in the clean harness (harness.py)."""
+        import harness
+
+        if self.harness is None:
+            root = self.config.grading_dir / "harness" / str(os.getpid())
+            rules = {f"{name}/{grade_id}": names for name in collect.course_assignments()
+                     for grade_id, names in collect.from_scratch_rules(name).items()}
+            self.harness = harness.Harness(root, float(self.config.kernel_threads), self.config.sandboxed, rules,
+                                           output=self.config.output, memory_mb=self.config.memory_mb,
+                                           environment=self.config.kernel_environment)
+        limits = self.api.config.ResilientExecute
+        cells = harness.clean_run_cells(HERE.parent / "solutions" / assignment / f"{assignment}.ipynb", submission / f"{assignment}.ipynb")
+        return self.harness.start(assignment, cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit))
+
+    def finish_second_pass(self, assignment: str, job: dict) -> dict[str, str | None]:
+        """Wait for the second pass and score what its hidden checks sent: {test cell grade_id: None if all passed, else why not}."""
+        import harness
+
+        folder, ended = self.harness.finish(job)
+        try:
+            verdicts = scoring.hidden_check_verdicts(assignment, folder / "outbox")
+            report = harness.read_report(folder / "report.json")
+        finally:
+            harness.remove(folder)
+        forbidden = collect.from_scratch_rules(assignment)
+        raised = {cell["grade_id"]: harness.error_summary(cell["status"], forbidden) for cell in report.get("cells", [])
+                  if cell.get("kind") == "test" and cell.get("status") != "ok"}
+        for grade_id, note in verdicts.items():
+            if note and grade_id in raised:  # the cell's error in the grading run says more (a from-scratch violation, ...)
+                verdicts[grade_id] = f"{note}; in the grading run the cell raised {raised[grade_id]}"
+            elif note and ended != "ended":
+                verdicts[grade_id] = f"{note} (the grading run of the answers {ended})"
+        return verdicts
+
+
+@functools.cache
+def worker(config: RunConfig) -> Worker:
+    """This process's Worker for `config`, made on its first submission."""
+    return Worker(config)
+
+
+def grade_one(config: RunConfig, assignment: str, student: str) -> tuple[str, str, str, float]:
+    """A pool job: grade one submission in this worker process."""
+    return worker(config).grade_one(assignment, student)
+
+
+def preload(assignments: list[str]) -> None:
+    """Import in this process what every worker needs, so workers forked from it start with it loaded."""
+    import torch  # noqa: F401
+    from shared import checks  # noqa: F401
+
+    for assignment in assignments:
+        try:
+            scoring.hidden_references(assignment)
+        except Exception:  # missing or damaged: each submission reports it when it is scored
+            pass
+    feedback_converter_class()
+
+
+def start_workers(config: RunConfig, count: int) -> ProcessPoolExecutor:
+    """`count` worker processes, started now, each with its Worker made; on Linux forked, so they share what `preload` loaded."""
+    method = "fork" if sys.platform == "linux" else "spawn"  # macOS's system libraries are not safe to fork
+    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context(method), initializer=worker, initargs=(config,))
+    for _ in range(count):
+        pool.submit(int)  # a no-op job makes the pool start a process
+    return pool
+
+
+def grade(pool: ProcessPoolExecutor, config: RunConfig, todo: list[tuple[str, str]], prints: dict) -> dict[tuple[str, str], str]:
+    """Grade `todo` in the pool's workers; returns {(assignment, student): failure reason}."""
+    failures = {}
+    jobs = [pool.submit(grade_one, config, assignment, student) for assignment, student in todo]
+    for number, job in enumerate(as_completed(jobs), 1):
+        assignment, student, reason, seconds = job.result()
+        if reason:
+            failures[(assignment, student)] = reason
+        else:
+            done = collect.marker(config.output, assignment, student)
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(prints[(assignment, student)])
+        status = f"FAILED: {reason}" if reason else "ok"
+        print(f"[{number}/{len(todo)}] {assignment} / {student}: {status} ({seconds:.1f} s)", flush=True)
+    return failures
+
+
+def isolation_in_force(config: RunConfig) -> str:
+    """One line for the run summary: what separates a student's kernel from the grader and from classmates."""
+    import isolation
+    import sandbox
+
+    if not config.sandboxed:
+        return "none (no bubblewrap): kernels run as this user, with the per-cell time limit only"
+    parts = ["bubblewrap sandbox (no network, own process tree, instructor's folders hidden)"]
+    if os.geteuid() == 0:
+        parts.append("a user id per kernel")
+        groups = isolation.available()
+        limits = f"{config.kernel_threads} CPU, {config.memory_mb} MiB, {sandbox.EXTRA_PROCESSES} processes in all"
+        parts.append(f"a {groups} group per kernel ({limits})" if groups else "no cgroups on this machine: memory and processes limited per process")
+    else:
+        parts.append("user nobody in a user namespace; no cgroups without root: memory and processes limited per process")
+    parts.append(f"kernels at nice {sandbox.KERNEL_NICENESS}, every process a cell leaves running killed when it ends")
+    return "; ".join(parts)
