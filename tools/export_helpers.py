@@ -44,7 +44,9 @@ from torch import nn
     "shared/lstm_lm.py": '''"""The LSTM language model of notebook 03 (embedding -> multi-layer LSTM -> linear), for the GPT notebook.
 
 The class is 03's answer; only its LSTM is PyTorch's fused `nn.LSTM` in place of 03's from-scratch one (same
-arguments, batch first), so that the model trains as fast as PyTorch allows on a CPU.
+arguments, batch first), so that the model trains as fast as PyTorch allows on a CPU. It is the package's only
+LSTMLM: 08's `LSTMLM` (frozen GloVe rows, packed stories, optional attention) is a separate exercise of its own
+handout, written by the student in that notebook.
 """
 
 from torch import nn
