@@ -4,11 +4,13 @@
 a GPT) on an arithmetic dataset (see shared.arithmetic), with a loss function of the form
 `loss_fn(logits, targets, eq_positions, mask, reduction)` -> (loss, accuracy): the notebook passes
 the one students write. Every `eval_every` steps it measures loss and accuracy on the whole
-training and validation sets and appends them to a `History`.
+training and validation sets and appends them to a `History`. Its learning rate can warm up and
+decay (`lr_at`) and its gradients be clipped, which keeps a high learning rate from derailing a run.
 
 From a History: `extrema` gives the best loss / accuracy and the first step at which each is
 reached, and the delays Δt between training and validation; `metrics_table` shows them as
-mean ± std over seeds for several models side by side.
+mean ± std over seeds for several models side by side; `collapsed` tells whether a run that had
+learned fell back for good, `largest_drop` how far its accuracy fell on the way.
 """
 
 from __future__ import annotations
@@ -63,6 +65,19 @@ def evaluate(model: nn.Module, dataset: TensorDataset, loss_fn: LossFunction, *,
     return total_loss / max(count, 1), total_accuracy / max(count, 1)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(step: int, steps: int, lr: float, warmup_steps: int = 0, schedule: str = "constant", min_lr: float = 0.0) -> float:
+    """The learning rate of step 1..steps: linear warm-up to `lr` over `warmup_steps`, then constant or cosine to `min_lr`."""
+    if step <= warmup_steps:
+        return lr * step / warmup_steps
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup_steps) / max(steps - warmup_steps, 1)  # 0 just after the warm-up, 1 at the last step
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def train(
     model: nn.Module,
     train_set: TensorDataset,
@@ -74,6 +89,11 @@ def train(
     lr: float = 1e-3,
     weight_decay: float = 1.0,
     betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    min_lr: float = 0.0,
+    clip_norm: float | None = None,
     eval_every: int = 10,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -83,10 +103,17 @@ def train(
     """Train `model` for `steps` AdamW steps on minibatches of `train_set`; evaluate at step 0, every
     `eval_every` steps and at the last step. `seed` fixes the order of the minibatches (and dropout).
 
+    The learning rate follows `lr_at`: a linear warm-up over `warmup_steps`, then constant `lr` or a cosine
+    decay from `lr` to `min_lr` at the last step (`schedule="cosine"`). `clip_norm` clips the gradients' global
+    norm before each step (None: no clipping). `eps` is AdamW's. The defaults are plain AdamW at a constant `lr`.
+
     Seed the model's initialisation yourself (shared.training.set_seed) before you build it.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr_at(1, steps, lr, warmup_steps, schedule, min_lr),
+                                  weight_decay=weight_decay, betas=betas, eps=eps)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     tensors = train_set.tensors
@@ -113,6 +140,10 @@ def train(
         loss, _ = loss_fn(logits, targets, eq_positions, mask, reduction="mean")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup_steps, schedule, min_lr)
         optimizer.step()
         if step % eval_every == 0 or step == steps:
             log(step)
@@ -160,6 +191,24 @@ def first_step_reaching(history: History, metric: str, threshold: float) -> int 
     return None
 
 
+def largest_drop(history: History, metric: str = "valid_accuracy", after: float = 0.9) -> float:
+    """How far an accuracy fell at worst below its running maximum, once it had reached `after` (0.0 if it never did)."""
+    drop, peak = 0.0, None
+    for value in getattr(history, metric):
+        if peak is None and value >= after:
+            peak = value
+        if peak is not None:
+            peak = max(peak, value)
+            drop = max(drop, peak - value)
+    return drop
+
+
+def collapsed(history: History, learned: float = 0.5) -> bool:
+    """Whether a run that learned (best validation accuracy a >= `learned`) ended below a / 2: it fell back for good."""
+    best = max(history.valid_accuracy)
+    return best >= learned and history.valid_accuracy[-1] < best / 2
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and (population) standard deviation, as in "mean ± std" over seeds."""
     values = torch.tensor([float(v) for v in values], dtype=torch.float64)
@@ -200,5 +249,5 @@ def metrics_table(runs: dict[str, list[History]], T_max: int | None = None) -> s
     return "\n".join(lines)
 
 
-__all__ = ["History", "evaluate", "extrema", "first_step_reaching", "mean_std", "metrics_table", "set_seed",
-           "summarize", "train"]
+__all__ = ["History", "collapsed", "evaluate", "extrema", "first_step_reaching", "largest_drop", "lr_at", "mean_std",
+           "metrics_table", "set_seed", "summarize", "train"]
