@@ -1,7 +1,7 @@
 """The attention notebooks' helpers (shared.attention, shared.seq2seq, plot_attention) and their visible checks.
 
-The visible check cells of 04-06 are run in-process on deliberately wrong answers: each must fail
-with a message that names the problem.
+The visible check cells of 04-06 are run in-process on the solutions; the wrong answers they must catch are
+entries of autograder/mistakes/, made by tests/test_mistakes.py.
 """
 
 import contextlib
@@ -15,12 +15,11 @@ from torch.nn import functional as F
 
 import notebooks
 from shared.attention import DotProductAttention, masked_softmax
-from shared.checks import CheckFailed
 from shared.data import seeded_randn
 from shared.plotting import plot_attention
 from shared.seq2seq import (EncoderDecoder, Seq2SeqEncoder, exact_match, greedy_decode, letters_vocab, reversal_split,
                             teacher_forcing_input, train_seq2seq)
-from submissions import named, solution_sources
+from submissions import solution_sources
 
 
 def softmax_of_kept(X, lens):
@@ -200,20 +199,7 @@ def test_plot_attention_draws_one_labelled_panel_per_matrix():
     plt.close(single)
 
 
-# The notebooks' visible checks on wrong answers -------------------------------------------------------
-
-
-def run_check(assignment, test_id, needed, replace=None):
-    """Run the setup cell, the answer cells it needs (some replaced) and the visible part of a check; returns the CheckFailed message."""
-    with pytest.raises(CheckFailed) as raised:
-        notebooks.run_cells(assignment, ["setup", *needed, test_id], replace=replace)
-    return str(raised.value)
-
-
-def replaced(assignment, grade_id, old, new):
-    source = solution_sources(assignment)[grade_id]
-    assert old in source, old
-    return source.replace(old, new)
+# The notebooks' visible checks ------------------------------------------------------------------------
 
 
 VISIBLE_CHECKS = [  # (assignment, check cell, the answer cells it needs)
@@ -229,73 +215,3 @@ VISIBLE_CHECKS = [  # (assignment, check cell, the answer cells it needs)
 @pytest.mark.parametrize("assignment, test_id, needed", VISIBLE_CHECKS)
 def test_the_visible_checks_pass_on_the_solutions(assignment, test_id, needed):
     assert "✓" in notebooks.run_cells(assignment, ["setup", *needed, test_id]).printed
-
-
-def wrong_masked_softmax(result):
-    return f"""
-def masked_softmax(X, valid_lens):
-    if valid_lens is None:
-        return torch.softmax(X, dim=-1)
-    if valid_lens.dim() == 1:
-        valid_lens = valid_lens[:, None]
-    keep = torch.arange(X.shape[-1]) < valid_lens[..., None]
-    return {result}
-"""
-
-
-@pytest.mark.parametrize("result, message", [
-    # -inf at masked positions: 0 / 0 in a row with nothing to keep
-    ("torch.softmax(X.masked_fill(~keep, -torch.inf), dim=-1)",
-     named("04_attention", "masked_with_minus_inf")),
-    # a large negative number: a uniform row where nothing is kept
-    ("torch.softmax(X.masked_fill(~keep, -1e6), dim=-1)", named("04_attention", "masked_with_large_negative")),
-    # zeroing after the softmax without renormalising
-    ("torch.softmax(X, dim=-1) * keep", named("04_attention", "mask_after_softmax")),
-])
-def test_masked_softmax_check_names_the_mistake(result, message):
-    wrong = {"masked_softmax": wrong_masked_softmax(result)}
-    assert message in run_check("04_attention", "test_masked_softmax", ["masked_softmax"], wrong)
-
-
-def test_dot_product_attention_check_catches_a_missing_scale():
-    wrong = replaced("04_attention", "dot_product_attention", "/ math.sqrt(d)", "")
-    message = run_check("04_attention", "test_dot_product_attention", ["masked_softmax", "dot_product_attention"],
-                        {"dot_product_attention": wrong})
-    assert "Check 'dot_product_attention': output['output'] differs from the expected values" in message
-
-
-def test_transpose_checks_catch_head_major_order():
-    wrong = replaced("06_multihead_attention", "transpose_qkv", "X.permute(0, 2, 1, 3)", "X.permute(2, 0, 1, 3)")
-    message = run_check("06_multihead_attention", "test_transpose_qkv", ["transpose_qkv"], {"transpose_qkv": wrong})
-    assert named("06_multihead_attention", "split_head_major") in message
-    wrong = replaced("06_multihead_attention", "transpose_output", "X.reshape(BH // num_heads, num_heads, n, p)",
-                     "X.reshape(num_heads, BH // num_heads, n, p).transpose(0, 1)")
-    message = run_check("06_multihead_attention", "test_transpose_output", ["transpose_output"], {"transpose_output": wrong})
-    assert named("06_multihead_attention", "join_head_major") in message
-
-
-def test_multihead_check_catches_lengths_repeated_in_the_wrong_order():
-    wrong = replaced("06_multihead_attention", "multihead_attention", "torch.repeat_interleave(valid_lens, self.num_heads, dim=0)",
-                     "valid_lens.repeat(self.num_heads)")
-    message = run_check("06_multihead_attention", "test_multihead_attention", ["transpose_qkv", "transpose_output", "multihead_attention"],
-                        {"multihead_attention": wrong})
-    assert "Check 'multihead_attention': output['output'] differs from the expected values" in message
-
-
-@pytest.mark.parametrize("old, new, message", [
-    # embedding first, context second
-    ("torch.cat([context.squeeze(1), embedded], dim=-1)", "torch.cat([embedded, context.squeeze(1)], dim=-1)",
-     "Check 'seq2seq_attention_decoder': output['logits'] differs"),
-    # the first layer's state as the query
-    ("hidden_state[-1].unsqueeze(1)", "hidden_state[0].unsqueeze(1)", "Check 'seq2seq_attention_decoder': output['logits'] differs"),
-    # the weights of earlier calls are never cleared
-    ("outputs, self._attention_weights = [], []", "outputs = []",
-     named("05_seq2seq_attention", "attention_weights_not_reset")),
-    # the state is not passed on: every call restarts from the encoder's state
-    ("return logits, (enc_outputs, hidden_state, enc_valid_lens)", "return logits, state",
-     "Check 'seq2seq_attention_decoder': output['hidden_state'] differs"),
-])
-def test_decoder_check_names_the_mistake(old, new, message):
-    wrong = replaced("05_seq2seq_attention", "seq2seq_attention_decoder", old, new)
-    assert message in run_check("05_seq2seq_attention", "test_seq2seq_attention_decoder", ["seq2seq_attention_decoder"],
-                              {"seq2seq_attention_decoder": wrong})

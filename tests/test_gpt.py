@@ -1,7 +1,7 @@
 """The GPT notebook's helpers (shared.arithmetic, shared.experiments, shared.lstm_lm, its plots) and its visible checks.
 
-The visible check cells of 07_gpt are run in-process on deliberately wrong answers: each must fail
-with a message that names the check.
+The visible check cells of 07_gpt are run in-process on the solution; the wrong answers they must catch are
+entries of autograder/mistakes/07_gpt.toml, made by tests/test_mistakes.py.
 """
 
 import matplotlib
@@ -12,9 +12,7 @@ from torch.nn import functional as F
 
 import notebooks
 from conftest import ROOT
-from submissions import named
 from shared.arithmetic import Tokenizer, apply_operator, get_arithmetic_dataset
-from shared.checks import CheckFailed
 from shared.experiments import History, evaluate, extrema, first_step_reaching, mean_std, metrics_table, summarize, train
 from shared.lstm_lm import LSTMLM
 from shared.plotting import plot_attention_grid, plot_metrics_against, plot_runs_by_value, plot_training_curves
@@ -242,12 +240,7 @@ def test_curve_and_scaling_plots_draw_every_run():
         plot_metrics_against([0.3, 0.7], {"LSTM": [e]}, "r_train")
 
 
-# The notebook's visible checks on wrong answers -------------------------------------------------------
-
-
-def cell_source(grade_id, hidden=False):
-    """A cell of the solution notebook as a kernel runs it (hidden tests cut off unless `hidden`)."""
-    return notebooks.cell_source(ASSIGNMENT, grade_id, hidden=hidden)
+# The notebook's visible checks ------------------------------------------------------------------------
 
 
 NEEDS = {  # check cell -> the cells it needs, in notebook order
@@ -272,62 +265,9 @@ def run_visible(test_id, replace=None):
     return notebooks.run_cells(ASSIGNMENT, ["setup", *NEEDS[test_id], test_id], replace=replace).printed
 
 
-def wrong(grade_id, old, new):
-    source = cell_source(grade_id)
-    assert old in source, old
-    return source.replace(old, new)
-
-
 @pytest.mark.parametrize("test_id", NEEDS)
 def test_the_visible_checks_pass_on_the_solution(test_id):
     assert "✓" in run_visible(test_id)
-
-
-MISTAKES = [  # (check cell, answer cell, solution text, wrong text, start of the expected message)
-    ("test_layer_norm", "layer_norm", "(centered * centered).mean(dim=-1, keepdim=True)",
-     "centered.var(dim=-1, keepdim=True)", "Check 'layer_norm': " + named("07_gpt", "unbiased_variance")),
-    ("test_layer_norm", "layer_norm", "centered * torch.rsqrt(variance + self.eps)",
-     "centered / (variance.sqrt() + self.eps)", "Check 'layer_norm': " + named("07_gpt", "eps_outside_sqrt")),
-    ("test_split_merge_heads", "multi_headed_attention", "tensor.reshape(B, S, self.num_heads, self.head_size).transpose(1, 2)",
-     "tensor.reshape(B, S, self.head_size, self.num_heads).permute(0, 3, 1, 2)", "Check 'split_heads': " + named("07_gpt", "head_split_order")),
-    ("test_attention_weights", "multi_headed_attention", "scores.masked_fill(future, -torch.inf)", "scores",
-     "Check 'attention_weights': " + named("07_gpt", "no_causal_mask")),
-    ("test_attention_weights", "multi_headed_attention", "/ math.sqrt(self.head_size)", "",
-     "Check 'attention_weights': " + named("07_gpt", "missing_scale")),
-    ("test_apply_attention", "multi_headed_attention", "self.merge_heads(weights @ values)",
-     "(weights @ values).reshape(values.shape[0], values.shape[2], -1)", "Check 'apply_attention': output['outputs'] differs"),
-    ("test_attention_forward", "multi_headed_attention", "return self.output(outputs), weights",
-     "return F.linear(outputs, self.output.weight), weights", "Check 'attention_forward': output['outputs'] differs"),
-    ("test_attention_num_parameters", "attention_num_parameters", "(4 * model_size if bias else 0)", "0",
-     "Check 'attention_num_parameters': " + named("07_gpt", "biases_not_counted")),
-    ("test_decoder_num_parameters", "decoder_num_parameters", "layer_norms = 2 * 2 * d_model", "layer_norms = 0",
-     "Check 'decoder_num_parameters': " + named("07_gpt", "layer_norms_not_counted")),
-    ("test_sinusoidal_embeddings", "gpt_embedding", "torch.arange(0, dimension, 2, dtype=torch.float64) / dimension",
-     "torch.arange(0, dimension // 2, dtype=torch.float64) / dimension",
-     "Check 'sinusoidal_embeddings': " + named("07_gpt", "exponent_k_over_d")),
-    ("test_gpt_embedding", "gpt_embedding", "self.tokens(tokens) + self.position_encoding[: tokens.shape[1]]",
-     "self.tokens(tokens)", "Check 'gpt_embedding': " + named("07_gpt", "positions_not_added")),
-    ("test_gpt", "gpt", "self.classifier(self.norm(hidden))", "self.classifier(hidden)",
-     "Check 'gpt': " + named("07_gpt", "no_final_norm")),
-    ("test_gpt", "gpt", "torch.stack(attentions, dim=1)", "torch.stack(attentions)",
-     "Check 'gpt': output['attentions'] has the wrong shape"),
-    ("test_loss", "loss_and_accuracy", "loss = -(target_log_probabilities * rhs).sum(dim=1) / rhs.sum(dim=1)",
-     "loss = (-(target_log_probabilities * rhs).sum() / rhs.sum()).expand(len(targets))",
-     "Check 'loss: mean over each row's RHS, then over the rows': " + named("07_gpt", "token_level_mean")),
-    ("test_accuracy", "loss_and_accuracy", "correct.all(dim=1).to(logits.dtype)",
-     "((correct & rhs).sum(1) / rhs.sum(1)).to(logits.dtype)", "Check 'accuracy: a row is right only if its whole RHS is'"),
-    ("test_accuracy", "loss_and_accuracy", "| ~rhs", "| (positions[None, :] <= eq_positions[:, None])",
-     "Check 'accuracy: a row is right only if its whole RHS is'"),
-    ("test_reductions", "loss_and_accuracy", "return loss, accuracy", "return loss.mean(), accuracy.mean()",
-     "Check 'reduction='none'': output['loss'] has the wrong shape"),
-]
-
-
-@pytest.mark.parametrize("test_id, grade_id, old, new, message", MISTAKES)
-def test_a_wrong_answer_fails_its_check_with_a_readable_message(test_id, grade_id, old, new, message):
-    with pytest.raises(CheckFailed) as raised:
-        run_visible(test_id, {grade_id: wrong(grade_id, old, new)})
-    assert str(raised.value).startswith(message), str(raised.value)
 
 
 def test_token_level_nll_loss_gives_another_number_than_the_notebooks_loss():

@@ -135,6 +135,17 @@ def with_forbidden_note(source: str, names: list[str]) -> str:
     return forbidden_note(names) + "".join(lines)
 
 
+# What a mistake's first failing check must say (tests/test_mistakes.py asserts it): the mistake named, or a generic
+# message. Only "named" entries are recorded by `make references`: recording the others would name them.
+EXPECTATIONS = {
+    "named": "the output matches a known mistake: {title}.",
+    "differs": "differs from the expected values.",
+    "wrong shape": "has the wrong shape.",
+    "nan": "is NaN somewhere.",
+    "fails": "",  # the check cell's own assertion fails: `message` says how its message starts
+}
+
+
 @dataclass(frozen=True)
 class Mistake:
     """A mistake students make, written as an edit of one solution cell (autograder/mistakes/<assignment>.toml)."""
@@ -146,15 +157,57 @@ class Mistake:
     title: str  # names the mistake, e.g. "the variance divides by d - 1"
     hint: str  # what is right, and where the equation is
     tests: tuple[str, ...] = ()  # test cells that show it; default: those between the cell and the next answer
+    expect: str = "named"  # a key of EXPECTATIONS
+    same_as: str = ""  # another way to write that entry's mistake: the check names that entry (not recorded itself)
+    check: str = ""  # grade_id of the test cell that must fail first; default: any
+    message: str = ""  # how the failure message must start, e.g. "Check 'gpt': output['attentions']"
+
+    @property
+    def recorded(self) -> bool:
+        """Whether `make references` records this mistake's outputs, so that its checks name it."""
+        return self.expect == "named" and not self.same_as
+
+
+REQUIRED = ("id", "cell", "find", "replace", "title", "hint")
+OPTIONAL = ("tests", "expect", "same_as", "check", "message")
+
+
+def load_mistakes(path: Path) -> list[Mistake]:
+    """The mistakes in one catalogue file; ValueError, naming the file and the entry, for a malformed entry."""
+    entries = tomllib.loads(path.read_text()).get("mistake", [])
+    catalogue = []
+    for number, entry in enumerate(entries, 1):
+        where = f"{path.name}: mistake " + (repr(entry["id"]) if "id" in entry else f"number {number}")
+        unknown = sorted(set(entry) - set(REQUIRED) - set(OPTIONAL))
+        if unknown:
+            raise ValueError(f"{where} has unknown fields {unknown}; the fields are {list(REQUIRED + OPTIONAL)}")
+        missing = [field for field in REQUIRED if field not in entry or (field != "replace" and not entry[field])]  # replace may be ""
+        if missing:
+            raise ValueError(f"{where} lacks {missing}")
+        if entry.get("expect", "named") not in EXPECTATIONS:
+            raise ValueError(f"{where}: expect = {entry['expect']!r} is none of {list(EXPECTATIONS)}")
+        if entry.get("expect") == "fails" and not entry.get("message"):
+            raise ValueError(f"{where}: expect = 'fails' needs a `message` (how the check's message starts)")
+        if entry.get("same_as") and entry.get("expect", "named") != "named":
+            raise ValueError(f"{where}: same_as names another entry's mistake, so expect must be 'named'")
+        catalogue.append(Mistake(**{**entry, "tests": tuple(entry.get("tests", ()))}))
+    ids = [m.id for m in catalogue]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{path.name}: mistake ids {repeated} appear more than once")
+    recorded = {m.id for m in catalogue if m.recorded}
+    for mistake in catalogue:
+        if mistake.same_as and mistake.same_as not in recorded:
+            raise ValueError(f"{path.name}: mistake {mistake.id!r}: same_as = {mistake.same_as!r} names no recorded entry of this file")
+        if mistake.check and mistake.tests and mistake.check not in mistake.tests:
+            raise ValueError(f"{path.name}: mistake {mistake.id!r}: check {mistake.check!r} is not among its tests {list(mistake.tests)}")
+    return catalogue
 
 
 def mistakes(assignment: str) -> list[Mistake]:
     """The mistakes catalogued for `assignment` (none if it has no catalogue)."""
     path = MISTAKES / f"{assignment}.toml"
-    if not path.exists():
-        return []
-    entries = tomllib.loads(path.read_text()).get("mistake", [])
-    return [Mistake(**{**entry, "tests": tuple(entry.get("tests", ()))}) for entry in entries]
+    return load_mistakes(path) if path.exists() else []
 
 
 def with_mistake(source: str, mistake: Mistake) -> str:
@@ -208,12 +261,12 @@ def run_mistakes(
     after: Callable[[NotebookClient, Mistake, list], None] | None = None, timeout: int = 600,
 ) -> list[Mistake]:
     """Run the solution notebook cell by cell in one kernel; just before each catalogued cell, run each
-    of its mistakes (the edited cell, then the cells down to its tests) on copies of the cells.
+    of its recorded mistakes (the edited cell, then the cells down to its tests) on copies of the cells.
 
     `before(client, mistake)` runs just before a mistake's cells, `after(client, mistake, cells)` receives
     the executed copies ([edited cell, following cells...]). Stops after the last mistake.
     """
-    catalogue = mistakes(assignment)
+    catalogue = [m for m in mistakes(assignment) if m.recorded]
     if not catalogue:
         return []
     path = SOLUTIONS / assignment / f"{assignment}.ipynb"
