@@ -232,8 +232,9 @@ def test_the_sandbox_hands_over_no_folder_outside_the_autograded_copies(tmp_path
     folder.mkdir()
     (folder / "keep.txt").write_text("instructor's file")
     owner = folder.stat().st_uid
-    result = subprocess.run([str(BIN / "python"), str(ROOT / "autograder/sandbox.py"), str(tmp_path / "kernel.json")], cwd=folder,
-                            env={**os.environ, "GRADING_OUTPUT": str(tmp_path / "output")}, capture_output=True, text=True)
+    scratch = tmp_path / "output/.grading/scratch/03_rnn_lstm/someone"
+    result = subprocess.run([str(BIN / "python"), str(ROOT / "autograder/sandbox.py"), "--output", str(tmp_path / "output"),
+                             str(tmp_path / "kernel.json"), "--scratch", str(scratch)], cwd=folder, capture_output=True, text=True)
     assert result.returncode != 0 and "runs in" in result.stderr and str(folder) in result.stderr
     assert folder.stat().st_uid == owner and (folder / "keep.txt").stat().st_uid == owner
 
