@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from shared.device import threads_for
-from shared.training import progress_bar
+from shared.training import fit
 from shared.vocab import Vocab
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -110,30 +110,28 @@ def teacher_forcing_input(target: torch.Tensor, bos: int) -> torch.Tensor:
 def train_seq2seq(model: EncoderDecoder, data: Seq2SeqData, *, steps: int, batch_size: int, lr: float,
                   device: torch.device, seed: int = 0, clip: float = 1.0) -> list[float]:
     """Adam with gradient clipping on shuffled minibatches; cross-entropy ignores <pad>. Returns each step's loss."""
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    order, position, losses = torch.randperm(len(data), generator=generator), 0, []
+    order, position = torch.randperm(len(data), generator=generator), 0
+
+    def next_batch() -> tuple[Seq2SeqData]:
+        nonlocal order, position
+        if position + batch_size > len(data):
+            order, position = torch.randperm(len(data), generator=generator), 0
+        position += batch_size
+        return (data[order[position - batch_size : position]],)
+
+    def teacher_forced_loss(model: EncoderDecoder, batch: tuple[Seq2SeqData]) -> torch.Tensor:
+        (batch,) = batch
+        target = batch.target.to(device)
+        logits = model(batch.source.to(device), batch.source_valid_lens.to(device),
+                       teacher_forcing_input(target, data.target_vocab.bos_id))
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                           ignore_index=data.target_vocab.pad_id)
+
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     with threads_for(device):  # the course's policy: one thread for these small models (shared.device)
-        progress = progress_bar(range(steps), desc="training")
-        for _ in progress:
-            if position + batch_size > len(data):
-                order, position = torch.randperm(len(data), generator=generator), 0
-            batch = data[order[position : position + batch_size]]
-            position += batch_size
-            target = batch.target.to(device)
-            logits = model(batch.source.to(device), batch.source_valid_lens.to(device),
-                           teacher_forcing_input(target, data.target_vocab.bos_id))
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                               ignore_index=data.target_vocab.pad_id)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            losses.append(loss.item())
-            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    model.eval()
-    return losses
+        return fit(model, next_batch, teacher_forced_loss, steps=steps, optimizer=optimizer, clip=clip)
 
 
 @torch.no_grad()

@@ -77,6 +77,51 @@ def progress_bar(iterable=None, *, desc: str, total: int | None = None, unit: st
     return ProgressBar(iterable, desc=desc, total=total, unit=unit, **options)
 
 
+def fit(
+    model: nn.Module,
+    next_batch: Callable[[], tuple],
+    loss_of: Callable[[nn.Module, tuple], torch.Tensor],
+    *,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    clip: float | None = None,
+    desc: str = "training",
+) -> list[float]:
+    """The course's training loop: `steps` optimizer steps on `loss_of(model, next_batch())`, with a progress bar.
+
+    Gradients are clipped to norm `clip` when given; the model is left in eval mode. Returns each step's loss.
+    """
+    model.train()
+    losses: list[float] = []
+    progress = progress_bar(range(steps), desc=desc)
+    for _ in progress:
+        loss = loss_of(model, next_batch())
+        optimizer.zero_grad()
+        loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    return losses
+
+
+def epochs_of(batches: Callable[[int], Iterator[tuple]]) -> Callable[[], tuple]:
+    """A `next_batch` for fit from `batches(epoch)`, which yields one epoch of batches: epoch after epoch, without end."""
+    stream, epoch = iter(()), 0
+
+    def next_batch() -> tuple:
+        nonlocal stream, epoch
+        try:
+            return next(stream)
+        except StopIteration:
+            stream, epoch = batches(epoch), epoch + 1
+            return next(stream)
+
+    return next_batch
+
+
 def train_language_model(
     model: nn.Module,
     batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]],
@@ -85,31 +130,20 @@ def train_language_model(
     lr: float,
     device: torch.device,
 ) -> list[float]:
-    """Train a next-token model whose forward returns logits (B, S, V) (or a tuple starting with them).
+    """Train a next-token model whose forward returns logits (B, S, V) (or a tuple starting with them), with Adam.
 
     `batches(epoch)` yields one epoch of (inputs (B, S), targets (B, S)) token ids; returns each step's loss.
     """
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses: list[float] = []
-    stream, epoch = iter(()), 0
-    progress = progress_bar(range(steps), desc="training")
-    for _ in progress:
-        try:
-            inputs, targets = next(stream)
-        except StopIteration:
-            stream, epoch = batches(epoch), epoch + 1
-            inputs, targets = next(stream)
+
+    def next_token_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
         output = model(inputs.to(device))
         logits = output[0] if isinstance(output, tuple) else output
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    model.eval()
-    return losses
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1))
+
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return fit(model, epochs_of(batches), next_token_loss, steps=steps, optimizer=optimizer)
 
 
 def timed_warmup_cosine(optimizer: torch.optim.Optimizer, minutes: float, warmup: float = 0.02,
