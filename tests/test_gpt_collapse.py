@@ -182,3 +182,44 @@ def test_train_clips_gradients_and_schedules_the_learning_rate():
     assert decayed.train_loss[1] != plain.train_loss[1]
     with pytest.raises(ValueError, match="schedule"):
         tiny_run(schedule="linear")
+
+
+# Training at the notebook's settings -------------------------------------------------------------------------------
+
+R_TRAIN = 0.7  # the scaling experiment's largest split, where the collapse was seen
+
+
+@pytest.mark.parametrize("variant", [None, *VARIANTS])
+def test_no_variant_collapses_at_the_notebooks_fast_settings(variant, monkeypatch):
+    """Each implementation through 07's own `run`, in fast mode (as the autograder runs it), with STABLE's settings."""
+    monkeypatch.setenv("COURSE_FAST", "1")
+    namespace = experiment(variant)
+    passed = {}
+
+    def recording_train(*args, **settings):
+        passed.update(settings)
+        return train(*args, **settings)
+
+    namespace["train"] = recording_train
+    (train_set, valid_set), *_ = get_arithmetic_dataset(31, "+", r_train=R_TRAIN, operation_orders=2, seed=0)
+    _, history = namespace["run"]("GPT", train_set, valid_set, 0, progress=False)
+    assert passed["schedule"] == "cosine" and passed["warmup_steps"] > 0 and passed["clip_norm"] == 1.0
+    assert passed["lr"] == namespace["LR"]["GPT"] and passed["min_lr"] < passed["lr"]
+    losses = history.train_loss + history.valid_loss
+    assert all(math.isfinite(loss) for loss in losses)
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert not collapsed(history)
+
+
+# Validation accuracy every 100 steps of a real run at the old settings (the additive mask + einsum variant, full
+# size, r_train = 0.7, one thread): high by step 600, at chance at step 2,200 (loss 1.76 ~ log(31)/2), then back.
+OLD_SETTINGS_RUN = [0.000, 0.017, 0.396, 0.128, 0.823, 0.622, 0.979, 0.969, 0.990, 0.743, 0.899, 0.875, 0.861, 0.729,
+                    0.993, 0.969, 0.965, 0.965, 0.816, 0.986, 0.979, 0.972, 0.031, 0.944, 0.920, 0.927, 0.663, 0.979,
+                    0.927, 0.833, 0.948]
+
+
+def test_the_collapse_check_fails_on_an_unstable_run():
+    """Stopped at step 2,200 that run is a collapse, and its worst fall would fail any stability bound."""
+    run = history_of(OLD_SETTINGS_RUN)
+    assert collapsed(history_of(OLD_SETTINGS_RUN[:23]))
+    assert not collapsed(run) and largest_drop(run) == pytest.approx(0.993 - 0.031)
