@@ -165,3 +165,12 @@ def test_export_tool_reports_nothing_out_of_date():
         notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
         answers = [c for c in notebook.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
         assert answers and all(set(names) <= set(forbidden(c)) for c in answers), assignment
+
+
+def test_an_import_line_names_its_modules_and_nothing_from_the_next_line():
+    """`from shared import X` followed by other code bundles X (the pattern once ran on into the next lines)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from student_bundle import imported_modules
+
+    code = "from shared import data\n\nimport os\nfrom shared import (glove,\n    seq2seq)\nfrom shared.attention import f\nimport shared.vocab"
+    assert imported_modules(code) == {"data", "glove", "seq2seq", "attention", "vocab"}

@@ -36,7 +36,7 @@ ALWAYS = {"__init__", "checks", "device", "training", "notebook_check", "pdf", "
 # Import statements that name a `shared` module: from shared.data import ..., import shared.data, from .data import ...,
 # from shared import data, glove (names that are not modules, like shared.Checker, are ignored).
 SHARED_IMPORT = re.compile(r"^\s*(?:from\s+shared\.(\w+)\s+import|import\s+shared\.(\w+)|from\s+\.(\w+)\s+import"
-                           r"|from\s+shared\s+import\s+\(?([\w\s,]+))", re.MULTILINE)
+                           r"|from\s+shared\s+import\s+(?:\(([\w\s,]+)\)|([\w \t,]+)))", re.MULTILINE)
 # An answer is in the bundle when a function or class there has code this close to it (difflib's ratio over the
 # tokens of the two definitions, docstrings and annotations left out). Measured: a hand-written copy of 04's
 # answers scores 0.72 and 0.78, the unrelated helpers that share an exercise's name 0.11 to 0.35.
@@ -68,7 +68,8 @@ def imported_modules(text: str) -> set[str]:
     """Names of the `shared` modules that a piece of code imports (some may be names of other things)."""
     found = set()
     for match in SHARED_IMPORT.finditer(text):
-        module, plain, relative, names = match.groups()
+        module, plain, relative, in_parentheses, on_the_line = match.groups()
+        names = in_parentheses or on_the_line
         found |= {module or plain or relative} if names is None else {name.strip() for name in names.split(",") if name.strip()}
     return found
 
