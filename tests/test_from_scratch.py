@@ -307,6 +307,7 @@ sys.path.insert(0, {autograder!r}); sys.path.insert(0, {root!r})
 os.chdir(os.path.dirname({path!r}))
 import matplotlib
 matplotlib.use("Agg")
+import torch  # noqa: F401  (as the grader does: the guard is installed once torch is loaded)
 from from_scratch import forbidden_by_cell, install_guard
 
 guard = install_guard(forbidden_by_cell({path!r}))
