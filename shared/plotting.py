@@ -239,3 +239,95 @@ def plot_loss_curves(runs: dict, *, smoothing: int = 100, title: str = "") -> pl
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     return figure
+
+
+# More of 07's experiments: runs told apart by a label, any curve against the step, best values against any x ----
+
+
+_PANELS = [("train_loss", "training loss"), ("valid_loss", "validation loss"),
+           ("train_accuracy", "training accuracy"), ("valid_accuracy", "validation accuracy")]
+
+
+def plot_runs_by_label(runs: dict, *, title: str = "") -> plt.Figure:
+    """Curves of several runs told apart by a label (a legend, no colour bar): `runs` is {label: History}.
+
+    Four panels: training / validation loss (log scale) and accuracy against the step.
+    """
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.2), layout="constrained")
+    for ax, (metric, label) in zip(axes, _PANELS):
+        for k, (name, history) in enumerate(runs.items()):
+            ax.plot(history.steps, getattr(history, metric), color=f"C{k}", label=name)
+        if metric.endswith("loss"):
+            ax.set_yscale("log")
+        ax.set(xlabel="step t", title=label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_curves_by_value(curves: dict, name: str, *, ylabel: str, logy: bool = False, title: str = "") -> plt.Figure:
+    """One quantity against the step for several runs, coloured by a hyperparameter with a colour bar.
+
+    `curves` is {value: (steps, values)} (two equal-length sequences per run); `name` labels the colour bar.
+    """
+    import matplotlib as mpl
+
+    values = sorted(curves)
+    norm = mpl.colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
+    cmap = plt.get_cmap("viridis")
+    figure, axes = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    for value in values:
+        steps, ys = curves[value]
+        if len(steps) != len(ys):
+            raise ValueError(f"{name} = {value}: {len(steps)} steps for {len(ys)} values")
+        axes.plot(steps, ys, color=cmap(norm(value)))
+    if logy:
+        axes.set_yscale("log")
+    axes.set(xlabel="step t", ylabel=ylabel, title=title)
+    axes.grid(True, alpha=0.3)
+    figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=name)
+    return figure
+
+
+def plot_best_against(series: dict, xlabel: str, *, logx: bool = False, colour_by: dict | None = None,
+                      colour_label: str = "", title: str = "") -> plt.Figure:
+    """Best losses / accuracies and the first step reaching them, one line per series, each with its own x values.
+
+    `series` is {name: (xs, [extrema dict (shared.experiments.extrema) for each x])}. Top row: min training /
+    validation loss (log scale), max training / validation accuracy; bottom row: the first step t_f reaching each.
+    `colour_by` {name: number} colours the lines by a number with a colour bar (else a legend names them).
+    """
+    import matplotlib as mpl
+
+    metrics = ["train_loss", "valid_loss", "train_accuracy", "valid_accuracy"]
+    labels = {"train_loss": "L_train", "valid_loss": "L_val", "train_accuracy": "A_train", "valid_accuracy": "A_val"}
+    figure, axes = plt.subplots(2, 4, figsize=(15, 6), layout="constrained")
+    if colour_by:
+        low, high = min(colour_by.values()), max(colour_by.values())
+        norm = mpl.colors.Normalize(low, high if high > low else low + 1)
+        cmap = plt.get_cmap("viridis")
+    for k, (name, (xs, per_x)) in enumerate(series.items()):
+        if len(per_x) != len(xs):
+            raise ValueError(f"{name!r} has {len(per_x)} results for {len(xs)} values of {xlabel}")
+        colour = cmap(norm(colour_by[name])) if colour_by else f"C{k}"
+        for column, metric in enumerate(metrics):
+            axes[0, column].plot(xs, [e[metric] for e in per_x], marker="o", color=colour, label=name)
+            axes[1, column].plot(xs, [e[f"t_{metric}"] for e in per_x], marker="o", color=colour, label=name)
+    for column, metric in enumerate(metrics):
+        if metric.endswith("loss"):
+            axes[0, column].set_yscale("log")
+        axes[0, column].set(xlabel=xlabel, title=f"{labels[metric]} ({'min' if metric.endswith('loss') else 'max'})")
+        axes[1, column].set(xlabel=xlabel, ylabel="step", title=f"t_f({labels[metric]})")
+        for ax in axes[:, column]:
+            if logx:
+                ax.set_xscale("log", base=2)
+            ax.grid(True, alpha=0.3)
+    if colour_by:
+        figure.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), label=colour_label, shrink=0.9)
+    else:
+        axes[0, 0].legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure

@@ -25,7 +25,7 @@ NO_POINTS = {"–", "-", ""}
 NAMED_DEPARTURES = {
     "04_attention": ["valid length 0", "all zeros"],
     "05_seq2seq_attention": ["context first"],
-    "07_gpt": ["LayerNorm", "decoder_num_parameters"],
+    "07_gpt": ["LayerNorm", "decoder_num_parameters", "`..._GPU`"],
 }
 
 
