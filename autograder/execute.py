@@ -108,6 +108,9 @@ class Worker:
 
     def __init__(self, config: RunConfig):
         warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's gradebook trips SQLAlchemy's autoflush warnings
+        import torch
+
+        torch.set_num_threads(config.kernel_threads)  # this process's own tensor work (scoring) shares the cores too
         self.config = config
         self.api = load_api(config)
         self.harness = None  # started on first use
