@@ -144,26 +144,7 @@ def plot_metrics_against(xs: list, results: dict, xlabel: str, *, title: str = "
     Top row: min training / validation loss (log scale), max training / validation accuracy;
     bottom row: the first step t_f at which each is reached.
     """
-    metrics = ["train_loss", "valid_loss", "train_accuracy", "valid_accuracy"]
-    labels = {"train_loss": "L_train", "valid_loss": "L_val", "train_accuracy": "A_train", "valid_accuracy": "A_val"}
-    figure, axes = plt.subplots(2, 4, figsize=(15, 6), layout="constrained")
-    for model, per_x in results.items():
-        if len(per_x) != len(xs):
-            raise ValueError(f"{model!r} has {len(per_x)} results for {len(xs)} values of {xlabel}")
-        for column, metric in enumerate(metrics):
-            axes[0, column].plot(xs, [e[metric] for e in per_x], marker="o", label=model)
-            axes[1, column].plot(xs, [e[f"t_{metric}"] for e in per_x], marker="o", label=model)
-    for column, metric in enumerate(metrics):
-        if metric.endswith("loss"):
-            axes[0, column].set_yscale("log")
-        axes[0, column].set(xlabel=xlabel, title=f"{labels[metric]} ({'min' if metric.endswith('loss') else 'max'})")
-        axes[1, column].set(xlabel=xlabel, ylabel="step", title=f"t_f({labels[metric]})")
-        for ax in axes[:, column]:
-            ax.grid(True, alpha=0.3)
-            ax.legend()
-    if title:
-        figure.suptitle(title)
-    return figure
+    return plot_best_against({model: (xs, per_x) for model, per_x in results.items()}, xlabel, title=title)
 
 
 def plot_attention_grid(attentions: torch.Tensor, tokens: list[str], *, title: str = "", panel_size: float = 2.4) -> plt.Figure:
