@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 # Every file whose change may change a grade (fingerprint).
 GRADING_CODE = ("grade.py", "run_config.py", "collect.py", "execute.py", "record.py", "feedback.py", "export.py",
                 "nbgrader_config.py", "preprocessors.py", "sandbox.py", "isolation.py", "anomalies.py", "scoring.py",
-                "harness.py", "harness_zygote.py", "from_scratch.py", "inert.py")
+                "harness.py", "harness_zygote.py", "kernel_zygote.py", "from_scratch.py", "inert.py")
 
 
 def find_submissions(submitted: Path) -> list[tuple[str, str]]:

@@ -12,7 +12,9 @@ import functools
 import json
 import multiprocessing
 import os
+import select
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ from feedback import feedback_converter_class, generate_feedback
 from run_config import RunConfig, set_course_directories, set_time_limits
 
 HERE = Path(__file__).resolve().parent
+ZYGOTE_STARTUP_SECONDS = 600  # importing torch on a machine under load
 
 
 def load_api(config: RunConfig):
@@ -48,12 +51,17 @@ def load_api(config: RunConfig):
         # The sandbox has no network, so the kernel talks to nbgrader over Unix sockets instead of TCP. An absolute
         # socket prefix (a relative one resolves differently for kernel and client), in a folder per grading process:
         # the sandbox lets the kernel write there and nowhere else in the runtime folder.
-        sockets = config.runtime_dir / f"sockets-{os.getpid()}"
+        sockets = sockets_folder(config)
         sockets.mkdir(exist_ok=True)
         c.KernelManager.transport = "ipc"
         c.KernelManager.ip = str(sockets / "kernel")
         c.ResilientExecute.connection_dir = str(config.runtime_dir)
     return NbGraderAPI(config=c)
+
+
+def sockets_folder(config: RunConfig) -> Path:
+    """This grading process's folder for its sandboxed kernels' sockets."""
+    return config.runtime_dir / f"sockets-{os.getpid()}"
 
 
 def register_assignment(api, assignment: str) -> None:
@@ -103,8 +111,39 @@ def prepare_sandbox(config: RunConfig) -> RunConfig:
     return replace(sandboxed, runtime_dir=runtime)
 
 
+class KernelZygote:
+    """A worker's kernel zygote (kernel_zygote.py, in its sandbox): started with the worker, again whenever it has died."""
+
+    def __init__(self, config: RunConfig, slot: Path):
+        self.config, self.slot = config, slot
+        self.folder = config.runtime_dir / f"zygote-{os.getpid()}"  # its socket: a short path, out of every kernel's reach
+        self.process: subprocess.Popen | None = None
+
+    def folder_if_ready(self) -> str:
+        """The folder launchers find it in (sandbox.py --zygote), started if need be; '' if it cannot start."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        return str(self.folder) if self.process is not None else ""
+
+    def _start(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(mode=0o700)
+        self.slot.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(HERE / "sandbox.py"), "--kernel-zygote", str(self.folder), "--scratch", str(self.slot),
+                   "--sockets", str(sockets_folder(self.config)), "--output", str(self.config.output),
+                   "--memory-mb", str(self.config.memory_mb)]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, **self.config.kernel_environment})
+        ready, _, _ = select.select([self.process.stdout], [], [], ZYGOTE_STARTUP_SECONDS)
+        if not ready or self.process.stdout.readline() != b"ready\n":  # kernels start on their own, as without it
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
 class Worker:
-    """One grading process: its nbgrader API and its clean second pass (harness.py), for every submission it grades."""
+    """One grading process: its nbgrader API, its kernel zygote and its clean second pass (harness.py), for every
+    submission it grades."""
 
     def __init__(self, config: RunConfig):
         warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's gradebook trips SQLAlchemy's autoflush warnings
@@ -113,6 +152,9 @@ class Worker:
         torch.set_num_threads(config.kernel_threads)  # this process's own tensor work (scoring) shares the cores too
         self.config = config
         self.api = load_api(config)
+        # Each kernel works in a folder of this worker's slot, the one folder of submissions its zygote sees.
+        self.slot = config.grading_dir / "scratch" / f"worker-{os.getpid()}"
+        self.zygote = KernelZygote(config, self.slot) if config.sandboxed and config.kernel_zygote else None
         self.harness = None  # started on first use
 
     def grade_one(self, assignment: str, student: str) -> tuple[str, str, str, float]:
@@ -137,8 +179,13 @@ class Worker:
         from nbgrader.utils import temp_attrs
 
         api, grading = self.api, self.config.grading_dir
-        scratch = grading / "scratch" / assignment / student  # the kernel's working folder (sandbox.py)
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch = self.slot / assignment / student  # the kernel's working folder (sandbox.py)
+        self.slot.mkdir(parents=True, exist_ok=True)
+        for left in self.slot.iterdir():  # the slot's kernels see it whole: only this submission may be there
+            if left.is_dir() and not left.is_symlink():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
         scratch.mkdir(parents=True)
         answers_file = grading / assignment / f"{student}.answers.json"
         reviewed = record.reviewed_answers(api, assignment, student) if answers_file.exists() else set()
@@ -150,6 +197,7 @@ class Worker:
         # The second pass runs while nbgrader runs the kernel: each fills the other's waits.
         second = self.start_second_pass(assignment, staged)
         api.config.ResilientExecute.sandbox_scratch = str(scratch) if self.config.sandboxed else ""
+        api.config.ResilientExecute.kernel_zygote = self.zygote.folder_if_ready() if self.zygote else ""
         with temp_attrs(api.coursedir, submitted_directory=str(grading / "staged")):
             result = api.autograde(assignment, student, force=True, create=True)
         verdicts = self.finish_second_pass(assignment, second)
@@ -266,4 +314,6 @@ def isolation_in_force(config: RunConfig) -> str:
     else:
         parts.append("user nobody in a user namespace; no cgroups without root: memory and processes limited per process")
     parts.append(f"kernels at nice {sandbox.KERNEL_NICENESS}, every process a cell leaves running killed when it ends")
+    if config.kernel_zygote:
+        parts.append("each kernel forked from a zygote per worker (torch already imported) into a pid namespace of its own")
     return "; ".join(parts)

@@ -108,8 +108,10 @@ def available() -> str:
     return ""
 
 
-def enter(name: str, limits: Limits) -> str:
-    """Create the group `name` with `limits` and move this process into it (children follow); returns the kind, or ''."""
+def enter(name: str, limits: Limits, pid: int = 0) -> str:
+    """Create the group `name` with `limits` and move process `pid` (0: this one) into it (children follow); returns the
+    kind, or ''."""
+    pid = pid or os.getpid()
     try:
         root = _v2_root()
         if root is not None:
@@ -121,7 +123,7 @@ def enter(name: str, limits: Limits) -> str:
             if (group / "memory.swap.max").exists():  # swapping out would only slow the class down
                 (group / "memory.swap.max").write_text("0")
             (group / "pids.max").write_text(str(limits.processes))
-            (group / "cgroup.procs").write_text(str(os.getpid()))
+            (group / "cgroup.procs").write_text(str(pid))
             return "cgroup v2"
         parents = _v1_parents()
         if parents is not None:
@@ -134,7 +136,7 @@ def enter(name: str, limits: Limits) -> str:
             (groups["memory"] / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
             (groups["pids"] / "pids.max").write_text(str(limits.processes))
             for group in groups.values():
-                (group / "cgroup.procs").write_text(str(os.getpid()))
+                (group / "cgroup.procs").write_text(str(pid))
             return "cgroup v1"
     except OSError:
         return ""

@@ -36,6 +36,7 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor, SaveAutoGrades
+from sandbox import KERNEL_PID_SUFFIX
 
 MAX_OUTPUT_CHARACTERS = 100_000  # printed text, an error's traceback, a text/html/json display
 MAX_IMAGE_CHARACTERS = 2_000_000  # an image (base64): a large matplotlib figure is ~200 kB
@@ -171,6 +172,7 @@ class ResilientExecute(Execute):
     kernel_dirs = List(Unicode(), help="Folders of kernelspecs searched before Jupyter's own (the sandbox's)").tag(config=True)
     connection_dir = Unicode("", help="Folder for kernels' connection files (default: Jupyter's runtime folder)").tag(config=True)
     sandbox_scratch = Unicode("", help="A sandboxed kernel's writable working folder (sandbox.py --scratch), per submission").tag(config=True)
+    kernel_zygote = Unicode("", help="The folder of this worker's kernel zygote (sandbox.py --zygote), if it has one").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         self._fatal_cells: set[int] = set()
@@ -199,6 +201,8 @@ class ResilientExecute(Execute):
         kwargs.setdefault("env", {**os.environ, **self.kernel_environment})
         if self.sandbox_scratch and "--scratch" not in self.extra_arguments:
             self.extra_arguments = [*self.extra_arguments, "--scratch", self.sandbox_scratch]
+        if self.sandbox_scratch and self.kernel_zygote and "--zygote" not in self.extra_arguments:
+            self.extra_arguments = [*self.extra_arguments, "--zygote", self.kernel_zygote]
         return await super().async_start_new_kernel(**kwargs)
 
     start_new_kernel = run_sync(async_start_new_kernel)
@@ -371,9 +375,17 @@ class ResilientExecute(Execute):
         return cell
 
     def _kernel_process(self) -> psutil.Process | None:
-        """The kernel's own process: the oldest ipykernel under the launcher (what a cell starts is younger)."""
+        """The kernel's own process: the one a zygote forked for it (its launcher names it), else the oldest ipykernel
+        under the launcher (what a cell starts is younger)."""
         if self._kernel is not None and self._kernel.is_running():
             return self._kernel
+        forked = Path(f"{self.km.connection_file}{KERNEL_PID_SUFFIX}") if self.kernel_zygote else None
+        if forked is not None and forked.exists():
+            try:
+                self._kernel = psutil.Process(int(forked.read_text()))
+                return self._kernel
+            except (OSError, ValueError, psutil.Error):
+                return None
         try:
             launcher = psutil.Process(self.km.provisioner.process.pid)
             tree = [launcher, *launcher.children(recursive=True)]

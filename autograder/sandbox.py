@@ -1,6 +1,10 @@
 """Start a student's IPython kernel in a sandbox; `make grade` uses it through a kernelspec on Linux.
 
 Usage (by jupyter_client): python sandbox.py --output DIR [--cpus N] [--memory-mb M] <connection file> --scratch DIR
+                           [--zygote DIR]
+With --zygote, the worker's kernel zygote (kernel_zygote.py, started with --kernel-zygote) forks the kernel, with
+the same user id, group, limits and folders as below, and this process stays until the kernel's namespace ends;
+when no zygote answers, the kernel starts afresh as below.
 
 With bubblewrap (`bwrap`), the kernel runs with no capabilities, no network and its own process
 tree. Its user: when grading runs as root, a user id of the kernel's own (FIRST_UID + the launcher's
@@ -23,6 +27,8 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +43,8 @@ FIRST_UID = 200_000  # ids no account uses; a kernel takes FIRST_UID + its launc
 FILE_BYTES = 256 * 2**20
 SCRATCH_BYTES = 512 * 2**20  # each of the in-memory folders (/tmp, /home) holds at most this much
 KERNEL_NICENESS = 10  # the grader's own processes come first
+ZYGOTE_SOCKET = "kernels.sock"  # in a kernel zygote's folder (--kernel-zygote): where launchers ask it for a kernel
+KERNEL_PID_SUFFIX = ".kernel-pid"  # beside a connection file: the pid of the kernel a zygote forked for it
 # This interpreter as the sandbox shows it: through the environment's real folder, for the path grading was started
 # with may pass through a link the sandbox does not show (a checkout whose .venv links to another one's).
 PYTHON = Path(sys.prefix).resolve() / "bin" / Path(sys.executable).name
@@ -170,24 +178,35 @@ def allow_list(identity: list[str], binds: list[tuple[Path, Path]], read_only: l
         command += passable_parents(target, root) + ["--bind", str(source), str(target)]
     for source, target in read_only:
         command += passable_parents(target, root) + ["--ro-bind", str(source), str(target)]
-    command += ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-                "--setenv", "PATH", f"{PYTHON.parent}:/usr/local/bin:/usr/bin:/bin"]
-    for name in contract.KERNEL_VARIABLES:
-        if name in os.environ:
-            command += ["--setenv", name, os.environ[name]]
+    command += ["--clearenv"]
+    for name, value in sandbox_environment().items():
+        command += ["--setenv", name, value]
     return command
+
+
+def sandbox_environment() -> dict[str, str]:
+    """Every variable a sandboxed process starts with: a home in /tmp, the sandbox's PATH, and the kernel variables we have."""
+    fixed = {"HOME": "/tmp", "LANG": "C.UTF-8", "PATH": f"{PYTHON.parent}:/usr/local/bin:/usr/bin:/bin"}
+    return {**fixed, **{name: os.environ[name] for name in contract.KERNEL_VARIABLES if name in os.environ}}
+
+
+def kernel_folders(connection_file: str, output: Path, scratch: Path) -> tuple[Path, Path]:
+    """(the submission's folder the kernel runs for, its sockets' folder), once `scratch` holds the submission's files.
+
+    Both are checked: the folders are handed to the kernel's user, so never anything else."""
+    here, output = Path.cwd(), output.resolve()
+    if not here.is_relative_to(output / "autograded"):
+        raise SystemExit(f"sandbox.py: a graded kernel runs in {output / 'autograded'}/<student>/<assignment>, not in {here}")
+    if not scratch.resolve().is_relative_to(output / ".grading" / "scratch"):
+        raise SystemExit(f"sandbox.py: a kernel's scratch folder is under {output / '.grading' / 'scratch'}, not {scratch}")
+    prepare_scratch(scratch, here)
+    return here, Path(json.loads(Path(connection_file).read_text())["ip"]).parent  # ipc transport: "ip" is a path prefix
 
 
 def sandbox_command(connection_file: str, cpus: float, memory_bytes: int, output: Path, scratch: Path) -> list[str]:
     """The bwrap command line that runs this script's inner stage for `connection_file`: a kernel working in the current
     folder (a submission's, under `output`/autograded), which it sees as `scratch`."""
-    here, output = Path.cwd(), output.resolve()
-    if not here.is_relative_to(output / "autograded"):  # the folder is handed to the kernel's user: never anything else
-        raise SystemExit(f"sandbox.py: a graded kernel runs in {output / 'autograded'}/<student>/<assignment>, not in {here}")
-    if not scratch.resolve().is_relative_to(output / ".grading" / "scratch"):
-        raise SystemExit(f"sandbox.py: a kernel's scratch folder is under {output / '.grading' / 'scratch'}, not {scratch}")
-    prepare_scratch(scratch, here)
-    sockets = Path(json.loads(Path(connection_file).read_text())["ip"]).parent  # ipc transport: "ip" is a path prefix
+    here, sockets = kernel_folders(connection_file, output, scratch)
     identity, limits = identity_and_limits("kernel", cpus, memory_bytes, [scratch, sockets], [connection_file])
     binds = [(scratch, here), (sockets, sockets)]
     command = allow_list(identity, binds, [(Path(connection_file), Path(connection_file))])
@@ -239,20 +258,103 @@ os.execv(sys.argv[6], sys.argv[6:])
 """
 
 
+def zygote_command(folder: Path, slot: Path, sockets: Path, memory_bytes: int, output: Path) -> list[str]:
+    """The bwrap command line of a worker's kernel zygote (kernel_zygote.py): listening in `folder`, for kernels that work
+    in folders under `slot` and talk to nbgrader through `sockets`."""
+    output = output.resolve()
+    if not slot.resolve().is_relative_to(output / ".grading" / "scratch"):
+        raise SystemExit(f"sandbox.py: kernels' scratch folders are under {output / '.grading' / 'scratch'}, not {slot}")
+    # The zygote stays its sandbox's root, with what making a kernel takes: namespaces (CAP_SYS_ADMIN), and as root the
+    # kernel's own user id. No kernel keeps any of it (kernel_zygote.take_identity).
+    root = os.geteuid() == 0
+    identity = [*(ROOT_IDENTITY if root else USER_IDENTITY), "--cap-add", "CAP_SYS_ADMIN"]
+    inside = Path("/grading-kernels")
+    code = [(HERE / name, inside / name) for name in ("kernel_zygote.py", "harness_zygote.py")]
+    command = allow_list(identity, [(folder, folder), (slot, slot), (sockets, sockets)], code)
+    tasks = 0 if root else tasks_of_this_user()
+    limits = [str(memory_bytes), str(tasks + EXTRA_PROCESSES), str(FILE_BYTES), "0", "0"]
+    program = [str(PYTHON), "-B", str(inside / "kernel_zygote.py"), str(folder / ZYGOTE_SOCKET)]
+    return command + ["--chdir", str(slot), str(PYTHON), "-c", INSIDE, *limits, *program]
+
+
+def _sender(channel: socket.socket, expected: bytes) -> int:
+    """Read the line `expected` from the zygote's side of `channel`; returns the pid (on this side) of the process that sent it."""
+    data, ancillary, _, _ = channel.recvmsg(len(expected), socket.CMSG_SPACE(struct.calcsize("3i")))
+    credentials = [item for level, kind, item in ancillary if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+    if data != expected or not credentials:
+        raise ConnectionError(f"the kernel zygote said {data!r}")
+    return struct.unpack("3i", credentials[0][:struct.calcsize("3i")])[0]
+
+
+def kernel_from_zygote(connection_file: str, cpus: float, memory_bytes: int, output: Path, scratch: Path, zygote: Path) -> bool:
+    """Have the worker's zygote (kernel_zygote.py) fork the kernel for `connection_file`, with the user id, control group
+    and limits sandbox_command would give it, and stay until that kernel's namespace ends.
+
+    Returns False, having started nothing that lives on, when no zygote answers: the caller starts the kernel itself.
+    """
+    _, sockets = kernel_folders(connection_file, output, scratch)
+    pid_file = Path(connection_file + KERNEL_PID_SUFFIX)
+    pid_file.unlink(missing_ok=True)
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # each message says which process sent it
+    try:
+        channel.connect(str(zygote / ZYGOTE_SOCKET))
+    except OSError:
+        return False
+    root = os.geteuid() == 0
+    uid = FIRST_UID + os.getpid() if root else 0
+    limits, group = isolation.Limits(cpus, memory_bytes, EXTRA_PROCESSES), f"kernel-{os.getpid()}"
+    if root:
+        give_to(uid, [scratch, sockets], [])
+        grouped = isolation.enter(group, limits)
+    request = {"connection": json.loads(Path(connection_file).read_text()), "folder": str(scratch), "uid": uid,
+               "environment": sandbox_environment(), "niceness": KERNEL_NICENESS,
+               "limits": [memory_bytes, (0 if root else tasks_of_this_user()) + EXTRA_PROCESSES, FILE_BYTES]}
+    try:
+        channel.sendall((json.dumps(request) + "\n").encode())
+        init = _sender(channel, b"init\n")
+        if root and grouped and isolation.enter(group, limits, pid=init) != grouped:
+            return False  # closing the channel ends the namespace before any kernel runs in it
+        channel.sendall(b"go\n")
+        kernel = _sender(channel, b"kernel\n")
+    except OSError:
+        return False
+    written = pid_file.with_name(pid_file.name + ".new")
+    written.write_text(str(kernel))
+    written.replace(pid_file)
+    try:
+        while channel.recv(4096):  # nothing more comes: the end of the stream is the end of the kernel's namespace
+            pass
+    except OSError:
+        pass
+    finally:
+        pid_file.unlink(missing_ok=True)
+    return True
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Start a graded IPython kernel, or a worker's clean second pass, in a sandbox.")
     parser.add_argument("connection_file", nargs="?", help="the kernel's connection file (from jupyter_client)")
     parser.add_argument("--harness", type=Path, help="start the clean second pass working in this folder instead")
+    parser.add_argument("--kernel-zygote", type=Path, help="start a worker's kernel zygote listening in this folder instead")
+    parser.add_argument("--zygote", type=Path, help="have the kernel zygote listening in this folder fork the kernel")
+    parser.add_argument("--sockets", type=Path, help="the kernels' sockets folder (with --kernel-zygote)")
     parser.add_argument("--cpus", type=float, default=1.0, help="the CPU quota of the kernel as a whole, in cores (with cgroups)")
     parser.add_argument("--memory-mb", type=int, default=4096, help="the address space of each process (and, with cgroups, of all)")
     parser.add_argument("--output", type=Path, required=True, help="the grading output (grade.py --output)")
-    parser.add_argument("--scratch", type=Path, help="the kernel's writable working folder, under <output>/.grading/scratch")
+    parser.add_argument("--scratch", type=Path, help="the kernel's writable working folder, under <output>/.grading/scratch "
+                                                     "(with --kernel-zygote: the folder its kernels' folders are in)")
     arguments = parser.parse_args()
     memory = arguments.memory_mb * 2**20
     if arguments.harness:
         command = harness_command(arguments.harness, arguments.cpus, memory, arguments.output)
     elif arguments.scratch is None:
         raise SystemExit("sandbox.py: a kernel needs --scratch (its working folder)")
+    elif arguments.kernel_zygote:
+        command = zygote_command(arguments.kernel_zygote, arguments.scratch, arguments.sockets, memory, arguments.output)
+    elif arguments.zygote and kernel_from_zygote(arguments.connection_file, arguments.cpus, memory, arguments.output,
+                                                 arguments.scratch, arguments.zygote):
+        raise SystemExit(0)
     else:
         command = sandbox_command(arguments.connection_file, arguments.cpus, memory, arguments.output, arguments.scratch)
     os.execvp(command[0], command)
