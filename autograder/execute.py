@@ -118,14 +118,24 @@ class KernelZygote:
         self.config, self.slot = config, slot
         self.folder = config.runtime_dir / f"zygote-{os.getpid()}"  # its socket: a short path, out of every kernel's reach
         self.process: subprocess.Popen | None = None
+        self.ready = False
 
     def folder_if_ready(self) -> str:
-        """The folder launchers find it in (sandbox.py --zygote), started if need be; '' if it cannot start."""
+        """The folder launchers find it in (sandbox.py --zygote), once it is ready (started if need be); '' if it
+        cannot start, and kernels then start on their own."""
         if self.process is None or self.process.poll() is not None:
-            self._start()
-        return str(self.folder) if self.process is not None else ""
+            self.launch()
+        if not self.ready:
+            ready, _, _ = select.select([self.process.stdout], [], [], ZYGOTE_STARTUP_SECONDS)
+            self.ready = bool(ready) and self.process.stdout.readline() == b"ready\n"
+            if not self.ready:
+                self.process.kill()
+                self.process.wait()
+                self.process = None
+        return str(self.folder) if self.ready else ""
 
-    def _start(self) -> None:
+    def launch(self) -> None:
+        """Start it, without waiting for it to be ready (folder_if_ready waits)."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(mode=0o700)
         self.slot.mkdir(parents=True, exist_ok=True)
@@ -134,11 +144,7 @@ class KernelZygote:
                    "--memory-mb", str(self.config.memory_mb)]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         env={**os.environ, **self.config.kernel_environment})
-        ready, _, _ = select.select([self.process.stdout], [], [], ZYGOTE_STARTUP_SECONDS)
-        if not ready or self.process.stdout.readline() != b"ready\n":  # kernels start on their own, as without it
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        self.ready = False
 
 
 class Worker:
@@ -155,7 +161,14 @@ class Worker:
         # Each kernel works in a folder of this worker's slot, the one folder of submissions its zygote sees.
         self.slot = config.grading_dir / "scratch" / f"worker-{os.getpid()}"
         self.zygote = KernelZygote(config, self.slot) if config.sandboxed and config.kernel_zygote else None
-        self.harness = None  # started on first use
+        # Both zygotes import torch now, while the driver registers the class, not when the first submission waits.
+        if self.zygote is not None:
+            self.zygote.launch()
+        self.harness = self.second_pass()
+        try:
+            self.harness.ensure_started()
+        except (RuntimeError, OSError):  # tried again for the first submission, which reports it if it fails again
+            pass
 
     def grade_one(self, assignment: str, student: str) -> tuple[str, str, str, float]:
         """Autograde one submission and write its feedback; returns (assignment, student, failure reason or '', seconds)."""
@@ -212,17 +225,21 @@ class Worker:
         feedback = generate_feedback(api, assignment, student)
         return "" if feedback["success"] else "feedback failed: " + record.first_error_line(feedback.get("error", ""))
 
+    def second_pass(self):
+        """This worker's clean second pass (harness.py), not yet started."""
+        import harness
+
+        root = self.config.grading_dir / "harness" / str(os.getpid())
+        rules = {f"{name}/{grade_id}": names for name in collect.course_assignments()
+                 for grade_id, names in collect.from_scratch_rules(name).items()}
+        return harness.Harness(root, float(self.config.kernel_threads), self.config.sandboxed, rules,
+                               output=self.config.output, memory_mb=self.config.memory_mb,
+                               environment=self.config.kernel_environment)
+
     def start_second_pass(self, assignment: str, submission: Path) -> dict:
         """Start running the submission's answers with the course's test cells in the clean harness (harness.py)."""
         import harness
 
-        if self.harness is None:
-            root = self.config.grading_dir / "harness" / str(os.getpid())
-            rules = {f"{name}/{grade_id}": names for name in collect.course_assignments()
-                     for grade_id, names in collect.from_scratch_rules(name).items()}
-            self.harness = harness.Harness(root, float(self.config.kernel_threads), self.config.sandboxed, rules,
-                                           output=self.config.output, memory_mb=self.config.memory_mb,
-                                           environment=self.config.kernel_environment)
         limits = self.api.config.ResilientExecute
         cells = harness.clean_run_cells(HERE.parent / "solutions" / assignment / f"{assignment}.ipynb", submission / f"{assignment}.ipynb")
         return self.harness.start(assignment, cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit))

@@ -119,6 +119,11 @@ class Harness:
         self.process: subprocess.Popen | None = None
         self.jobs = itertools.count(1)
 
+    def ensure_started(self) -> None:
+        """Start the zygote unless it is running (RuntimeError if it cannot start)."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+
     def _start(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
@@ -159,8 +164,7 @@ class Harness:
         The job's folder holds `outbox/` (the hidden-check values) and `report.json` (each cell's status). The child runs
         while the grader does other work (nbgrader running the student's kernel): finish() waits for it.
         """
-        if self.process is None or self.process.poll() is not None:
-            self._start()
+        self.ensure_started()
         number = next(self.jobs)
         folder = self.root / f"job-{number}"
         shutil.rmtree(folder, ignore_errors=True)
