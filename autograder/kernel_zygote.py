@@ -106,7 +106,12 @@ def run_kernel(request: dict, launcher: socket.socket) -> None:
     sys.argv = ["ipykernel_launcher", "-f", connection_file]
     from ipykernel import kernelapp
 
-    kernelapp.launch_new_instance()
+    app = kernelapp.IPKernelApp.instance()
+    app.initialize()
+    inline = sys.modules.get("matplotlib_inline.backend_inline")
+    if inline is not None:  # imported before this kernel's shell existed: hook its figures to the shell, as on import
+        inline._enable_matplotlib_integration()
+    app.start()
 
 
 def hold_namespace(launcher: socket.socket, request: dict, zygote_folder: str) -> int:

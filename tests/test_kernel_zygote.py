@@ -1,4 +1,5 @@
-"""Graded kernels forked from their worker's zygote are as separate as kernels bubblewrap starts afresh.
+"""Graded kernels forked from their worker's zygote (GRADING_KERNEL_ZYGOTE=1) are as separate as kernels bubblewrap
+starts afresh.
 
 One class graded with `make grade` and one worker, so that every kernel comes from the same zygote, one after the
 other: the first student's cells leave files in /tmp and /dev/shm and a detached process behind; the second's
@@ -51,6 +52,8 @@ for folder in ("/tmp", "/dev/shm"):
     open(f"{folder}/left-by-{os.getuid()}-{os.getpid()}", "w").write("secret")
 subprocess.run(["setsid", "-f", "sh", "-c", "exec SLEEP"])
 print("FACTS" + json.dumps(facts))
+import matplotlib.pyplot as plt
+plt.plot([0, 1], [1, 0])  # shown inline at the cell's end, as in a kernel started afresh
 """.replace("SLEEP", LEFT_BEHIND)
 
 
@@ -59,18 +62,21 @@ def graded(tmp_path_factory):
     submissions, output = tmp_path_factory.mktemp("submitted"), tmp_path_factory.mktemp("graded")
     for student in STUDENTS:
         submit(submissions, student, ASSIGNMENT, insert_code_cell(solved(ASSIGNMENT), "setup", PROBE))
-    result = make("grade", f"SUBMISSIONS={submissions}", f"GRADING_OUTPUT={output}", "WORKERS=1")
+    result = make("grade", f"SUBMISSIONS={submissions}", f"GRADING_OUTPUT={output}", "WORKERS=1", env={"GRADING_KERNEL_ZYGOTE": "1"})
     facts = {}
     for student in STUDENTS:
         notebook = nbformat.read(output / "autograded" / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
         text = "".join(o.get("text", "") for cell in notebook.cells if "FACTS" in cell.source for o in cell.outputs)
         facts[student] = json.loads(text.split("FACTS", 1)[1].splitlines()[0])
+        facts[student]["figures"] = sum("image/png" in o.get("data", {}) for cell in notebook.cells if "FACTS" in cell.source
+                                        for o in cell.outputs)
     return output, result, facts
 
 
 def test_every_kernel_is_forked_from_the_zygote_and_scores_in_full(graded):
     output, result, facts = graded
     assert all(facts[student]["forked"] for student in STUDENTS), facts
+    assert all(facts[student]["figures"] == 1 for student in STUDENTS)  # matplotlib's inline figures reach the notebook
     full = {row["student_id"]: float(row["score"]) for row in read_csv(output / "grades.csv")}
     assert full["first"] == full["second"] > 0
     assert "forked from a zygote per worker" in result.stdout
