@@ -18,7 +18,7 @@ GRADING_EXECUTION = "NBGRADER_EXECUTION"  # set while a notebook runs to be grad
 FAST = "COURSE_FAST"  # "1": training cells run at their smoke-test size
 
 # What a sandboxed kernel keeps of its launcher's environment (sandbox.py clears the rest).
-KERNEL_VARIABLES = (GRADING_EXECUTION, "OMP_NUM_THREADS", "COURSE_DATA_DIR", "GLOVE_DIR", "COURSE_DEVICE")
+KERNEL_VARIABLES = (GRADING_EXECUTION, "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "COURSE_DATA_DIR", "GLOVE_DIR", "COURSE_DEVICE")
 
 OUTBOX_SUFFIX = ".pt"
 

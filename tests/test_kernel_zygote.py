@@ -1,5 +1,5 @@
-"""Graded kernels forked from their worker's zygote (GRADING_KERNEL_ZYGOTE=1) are as separate as kernels bubblewrap
-starts afresh.
+"""Graded kernels forked from their worker's zygote (GRADING_KERNEL_ZYGOTE=1; not yet the default) are as
+separate as kernels bubblewrap starts afresh.
 
 One class graded with `make grade` and one worker, so that every kernel comes from the same zygote, one after the
 other: the first student's cells leave files in /tmp and /dev/shm and a detached process behind; the second's
@@ -39,6 +39,7 @@ def alive(pid):
 facts = {
     "forked": any(part.endswith("kernel_zygote.py") for part in cmdline),
     "uid": os.getuid(),
+    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     "capabilities": int(status.split("CapEff:")[1].split()[0], 16),
     "cgroup": open("/proc/self/cgroup").read(),
     "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and alive(p)),
@@ -80,6 +81,13 @@ def test_every_kernel_is_forked_from_the_zygote_and_scores_in_full(graded):
     full = {row["student_id"]: float(row["score"]) for row in read_csv(output / "grades.csv")}
     assert full["first"] == full["second"] > 0
     assert "forked from a zygote per worker" in result.stdout
+
+
+def test_openmp_threads_sleep_while_they_wait(graded):
+    # OpenMP reads it when torch loads it, in the zygote, whose sandbox starts with the same variables as the kernel's
+    # (sandbox.sandbox_environment): spinning threads would burn a cell's CPU limit on a loaded machine.
+    _, _, facts = graded
+    assert all(facts[student]["omp_wait_policy"] == "PASSIVE" for student in STUDENTS)
 
 
 def test_a_forked_kernel_has_no_privilege_and_cannot_reach_the_zygote(graded):
