@@ -2,7 +2,7 @@
 default wait policy (threads spin while they wait) against OMP_WAIT_POLICY=PASSIVE (they sleep), side by side.
 
 Each measurement runs the answers of 03_rnn_lstm, then the cell `train`, in a child forked from a parent that has
-imported torch and the course's package (as the kernel zygote does), and in a process started afresh, while
+run the kernel zygote's own preload (autograder/kernel_zygote.py), and in a process started afresh, while
 `--load` processes (default: one per core) keep every core busy. The wait policy is read when torch loads OpenMP,
 so each policy gets a parent of its own. A grader that counts a cell's CPU time must not count a kernel's threads
 spinning while their partner waits for a core.
@@ -58,9 +58,10 @@ def forked(policy: str | None, threads: int, runs: int) -> list[dict | None]:
     """`runs` children forked one after the other from a parent with torch and `shared` loaded under `policy`."""
     code = f"""
 import json, os, resource, sys
-sys.path.insert(0, {str(ROOT / 'bench')!r})
-import torch, shared, shared.training, shared.data, shared.plotting
+sys.path[:0] = [{str(ROOT / 'bench')!r}, {str(ROOT / 'autograder')!r}]
+import kernel_zygote
 from omp_wait import training_cell_cost
+kernel_zygote.preload()  # what the grader's zygote loads before it forks a kernel
 for _ in range({runs}):
     read, write = os.pipe()
     if os.fork() == 0:
