@@ -64,6 +64,33 @@ def sockets_folder(config: RunConfig) -> Path:
     return config.runtime_dir / f"sockets-{os.getpid()}"
 
 
+def create_gradebook(db_url: str) -> None:
+    """Make the gradebook at `db_url`, unless it has tables, exactly as nbgrader's Gradebook makes it on first use.
+
+    nbgrader asks a separate `alembic heads` process for the schema version to stamp it with: a Python start and the
+    import of nbgrader again, seconds before the first submission. Alembic reads the same version in this process.
+    """
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from nbgrader.api import Base
+    from nbgrader.dbutil import ALEMBIC_DIR
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(db_url, future=True)
+    try:
+        if inspect(engine).get_table_names():
+            return
+        alembic = Config()
+        alembic.set_main_option("script_location", ALEMBIC_DIR)
+        version = ScriptDirectory.from_config(alembic).get_current_head()
+        Base.metadata.create_all(bind=engine)
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+            connection.execute(text("INSERT INTO alembic_version (version_num) VALUES (:version)"), {"version": version})
+    finally:
+        engine.dispose()
+
+
 def register_assignment(api, assignment: str) -> None:
     """Record the assignment's graded cells in the gradebook without touching notebooks/."""
     from nbgrader.utils import temp_attrs

@@ -13,6 +13,7 @@ from collect import marker
 from record import first_error_line
 
 IMAGE_WITHOUT_ALT = re.compile(r"<img (?![^>]*\balt=)")
+REMEMBERED_SOURCES = 4096  # highlighted cells a worker keeps
 
 
 @functools.cache
@@ -24,16 +25,37 @@ def feedback_converter_class():
     from nbconvert.writers import FilesWriter
     from nbgrader.converters import GenerateFeedback
 
+    class RememberingHighlight(Highlight2HTML):
+        """Highlight2HTML that highlights each source once: the course's cells are the same in every submission."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.highlighted: dict[tuple, str] = {}
+
+        def __call__(self, source, language=None, metadata=None):
+            key = (source, language, (metadata or {}).get("magics_language"))  # all of the metadata that pygments reads
+            if key not in self.highlighted:
+                if len(self.highlighted) >= REMEMBERED_SOURCES:
+                    self.highlighted.clear()
+                self.highlighted[key] = super().__call__(source, language, metadata)
+            return self.highlighted[key]
+
     class FeedbackHTMLExporter(HTMLExporter):
-        """HTMLExporter without its final BeautifulSoup pass over the page (0.6 s per feedback page, most of the time).
+        """HTMLExporter without its final BeautifulSoup pass over the page (0.6 s per feedback page, most of the time),
+        and with one code highlighter per language for every page it makes.
 
         That pass gives images an alt text and makes JupyterLab-template cells focusable; nbgrader's feedback
         template has no such cells, so a substitution adds the alt text and the page is otherwise the same.
         """
 
+        highlighters: dict = {}
+
         def from_notebook_node(self, nb, resources=None, **kw):
             language = nb.metadata.get("language_info", {})
-            self.register_filter("highlight_code", Highlight2HTML(pygments_lexer=language.get("pygments_lexer", language.get("name")), parent=self))
+            lexer = language.get("pygments_lexer", language.get("name"))
+            if lexer not in self.highlighters:
+                self.highlighters[lexer] = RememberingHighlight(pygments_lexer=lexer, parent=self)
+            self.register_filter("highlight_code", self.highlighters[lexer])
             resources = self._init_resources(resources)
             self.register_filter("filter_data_type", WidgetsDataTypeFilter(notebook_metadata=self._nb_metadata, parent=self, resources=resources))
             html, resources = TemplateExporter.from_notebook_node(self, nb, resources, **kw)

@@ -63,6 +63,7 @@ def grade_submissions(config: RunConfig, api, pairs: list[tuple[str, str]], todo
         if todo and not config.scheduler:
             execute.preload(assignments)
             pool = execute.start_workers(config, min(config.workers, len(todo)))  # before any gradebook connection exists
+        execute.create_gradebook(api.coursedir.db_url)
         for assignment in assignments:
             execute.register_assignment(api, assignment)
         execute.register_students(api, sorted({student for _, student in pairs}))

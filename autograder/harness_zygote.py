@@ -24,7 +24,9 @@ import time
 PR_SET_DUMPABLE = 4
 MAX_REPLAYS = 5  # children that may die in a cell, each replayed without it
 WIPED = ("/tmp", "/dev/shm")
-STUDENT_TOOLS = ("notebook_check", "pdf")  # modules of the package run as commands, never imported by a cell
+# Modules of the course's package run as commands, never imported by a cell (run_notebook imports nbclient and with it
+# jsonschema's format checkers, which compile a grammar: seconds of CPU per zygote).
+STUDENT_TOOLS = ("notebook_check", "pdf", "run_notebook")
 
 
 class CellLimit(BaseException):
@@ -53,6 +55,22 @@ def _refusal(finding: str, violation: type):
 
 def _limit_reached(signum, frame):
     raise CellLimit("CPU time" if signum == signal.SIGPROF else "wall time")
+
+
+def preload_course_package() -> None:
+    """Import what the course's cells import (torch, matplotlib's pyplot, the course's package): once in a zygote, not in
+    every child it forks."""
+    import matplotlib.pyplot  # noqa: F401
+    import torch  # noqa: F401
+
+    import shared
+
+    for module in pkgutil.iter_modules(shared.__path__):
+        if module.name not in STUDENT_TOOLS:
+            try:
+                importlib.import_module(f"shared.{module.name}")
+            except Exception:  # a module that cannot load here fails in the cell that imports it, as in a kernel
+                pass
 
 
 def run_cells(job: dict, skipped: set[int], progress: int) -> None:
@@ -242,18 +260,7 @@ def main() -> None:
     except AttributeError:
         pass
     os.environ["MPLBACKEND"] = "Agg"
-    import matplotlib.pyplot  # noqa: F401  (what the course's cells import, loaded once)
-    import torch  # noqa: F401
-
-    import shared
-
-    for module in pkgutil.iter_modules(shared.__path__):  # what the setup cells import: once here, not in every child
-        if module.name in STUDENT_TOOLS:
-            continue
-        try:
-            importlib.import_module(f"shared.{module.name}")
-        except Exception:  # a module that cannot load here fails in the cell that imports it, as in the kernel
-            pass
+    preload_course_package()
 
     def reply(message: dict) -> None:
         replies.write(json.dumps(message) + "\n")

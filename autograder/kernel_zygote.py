@@ -19,10 +19,8 @@ the zygote itself (the starter reads it), so a kernel forked later inherits no e
 """
 
 import ctypes
-import importlib
 import json
 import os
-import pkgutil
 import resource
 import select
 import signal
@@ -38,7 +36,6 @@ CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 CAPABILITY_VERSION_3 = 0x20080522
-STUDENT_TOOLS = ("notebook_check", "pdf", "run_notebook")  # modules of the package run as commands, never imported by a cell
 WIPED = harness_zygote.WIPED  # the sandbox's in-memory folders that anyone may write to
 STARTER_GRACE_SECONDS = 5  # for an earlier kernel's namespace to end once its launcher has gone
 
@@ -177,18 +174,9 @@ def preload() -> None:
     """Import what kernels import: ipykernel, torch, matplotlib with the inline backend, the course's package."""
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # what ipykernel would choose
     import IPython  # noqa: F401
-    import matplotlib.pyplot  # noqa: F401
-    import torch  # noqa: F401
     from ipykernel import ipkernel, kernelapp  # noqa: F401
 
-    import shared
-
-    for module in pkgutil.iter_modules(shared.__path__):
-        if module.name not in STUDENT_TOOLS:
-            try:
-                importlib.import_module(f"shared.{module.name}")
-            except Exception:  # a module that cannot load here fails in the cell that imports it, as in a kernel
-                pass
+    harness_zygote.preload_course_package()
 
 
 def end_earlier_kernels(starters: list[int]) -> None:

@@ -2,8 +2,8 @@
 
 `make grade` variables reach it as command-line options or as the environment the run was started with (read here,
 once, and never written): SUBMISSIONS, GRADING_OUTPUT, WORKERS, FORCE, GRADING_SANDBOX=0, CELL_TIMEOUT,
-NOTEBOOK_TIMEOUT, GRADING_MEMORY_MB, OMP_NUM_THREADS (threads per kernel) and GRADING_KERNEL_ZYGOTE=1 (sandboxed
-kernels forked from their worker's zygote rather than started afresh; not yet the default, see README).
+NOTEBOOK_TIMEOUT, GRADING_MEMORY_MB, OMP_NUM_THREADS (threads per kernel) and GRADING_KERNEL_ZYGOTE=0 (every
+sandboxed kernel started afresh, rather than forked from its worker's zygote; see README).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class RunConfig:
     notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT
     memory_mb: int = DEFAULT_MEMORY_MB
     kernel_threads: int = 1  # math threads (and the CPU quota, in cores) of each kernel
-    kernel_zygote: bool = False  # sandboxed kernels are forked from a zygote per worker that has imported torch
+    kernel_zygote: bool = True  # sandboxed kernels are forked from a zygote per worker that has imported torch
 
     @property
     def grading_dir(self) -> Path:
@@ -84,7 +84,7 @@ def parse_arguments(argv: list[str] | None = None, environ: Mapping[str, str] | 
         cell_timeout=int(environ.get("CELL_TIMEOUT") or DEFAULT_CELL_TIMEOUT),
         notebook_timeout=int(environ.get("NOTEBOOK_TIMEOUT") or DEFAULT_NOTEBOOK_TIMEOUT),
         memory_mb=int(environ.get("GRADING_MEMORY_MB") or DEFAULT_MEMORY_MB), kernel_threads=max(1, int(threads)),
-        kernel_zygote=environ.get("GRADING_KERNEL_ZYGOTE") == "1",
+        kernel_zygote=environ.get("GRADING_KERNEL_ZYGOTE") != "0",
     )
 
 

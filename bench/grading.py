@@ -4,8 +4,8 @@
                    the kernel stopped at once after the last cell, as make grade does)
   make grade       autograder/grade.py (in-process nbgrader API, sandbox, the clean second pass of the hidden
                    checks, feedback, CSVs), with one worker (for the overhead per submission) and with one per
-                   core (throughput), kernels forked from each worker's zygote (GRADING_KERNEL_ZYGOTE=1); and with
-                   one per core again, each kernel started afresh (the default today), for what the zygote saves
+                   core (throughput), kernels forked from each worker's zygote (the default); and with one per core
+                   again, each kernel started afresh (GRADING_KERNEL_ZYGOTE=0), for what the zygote saves
   plain nbgrader   `nbgrader autograde <assignment>` over the same submissions, one serial CLI call
                    (with the course's nbgrader_config.py, so it executes the same way)
 

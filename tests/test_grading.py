@@ -288,6 +288,25 @@ def test_gradebook_is_nbgraders_and_holds_every_student(graded):
         assert gradebook.find_assignment(ASSIGNMENT).max_score == FULL
 
 
+def test_the_gradebook_make_grade_creates_is_the_one_nbgrader_creates(graded, tmp_path):
+    import sqlite3
+
+    from nbgrader.api import Gradebook
+
+    def schema_and_version(database):
+        with sqlite3.connect(database) as connection:
+            schema = sorted(connection.execute("SELECT type, name, sql FROM sqlite_master"))
+            return schema, connection.execute("SELECT version_num FROM alembic_version").fetchall()
+
+    fresh = tmp_path / "gradebook.db"
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # nbgrader runs `alembic heads` by name for its version
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", path)
+        Gradebook(f"sqlite:///{fresh}").close()
+    ours, nbgraders = schema_and_version(graded["first"] / "gradebook.db"), schema_and_version(fresh)
+    assert len(ours[1]) == 1 and ours == nbgraders
+
+
 def test_feedback_is_written_without_hidden_tests(graded):
     hidden_code = ["check_hidden", "BEGIN HIDDEN", "seed=161", "LSTMLM(17, 3, 6"]  # the last two only in hidden tests
     for student in set(CLASS) - {"not_json", "patches_checks"}:  # the latter's own code says check_hidden

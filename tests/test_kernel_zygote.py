@@ -1,4 +1,4 @@
-"""Graded kernels forked from their worker's zygote (GRADING_KERNEL_ZYGOTE=1; not yet the default) are as
+"""Graded kernels forked from their worker's zygote (the default; GRADING_KERNEL_ZYGOTE=0 turns it off) are as
 separate as kernels bubblewrap starts afresh.
 
 One class graded with `make grade` and one worker, so that every kernel comes from the same zygote, one after the
@@ -63,7 +63,7 @@ def graded(tmp_path_factory):
     submissions, output = tmp_path_factory.mktemp("submitted"), tmp_path_factory.mktemp("graded")
     for student in STUDENTS:
         submit(submissions, student, ASSIGNMENT, insert_code_cell(solved(ASSIGNMENT), "setup", PROBE))
-    result = make("grade", f"SUBMISSIONS={submissions}", f"GRADING_OUTPUT={output}", "WORKERS=1", env={"GRADING_KERNEL_ZYGOTE": "1"})
+    result = make("grade", f"SUBMISSIONS={submissions}", f"GRADING_OUTPUT={output}", "WORKERS=1")
     facts = {}
     for student in STUDENTS:
         notebook = nbformat.read(output / "autograded" / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
