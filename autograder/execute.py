@@ -1,8 +1,10 @@
 """Stages 2 and 3, execute and score: run each submission with nbgrader in the sandbox while its clean second pass runs
 its answers with the hidden checks, then score those checks (scoring.py) and record the outcome (record.py).
 
-A `Worker` is one grading process's state: its nbgrader API and its second pass. Workers are forked from the
-driver (grade.py) after `preload`, and each makes its Worker once, from the run configuration it is handed.
+A `Worker` is one grading process's state: its nbgrader API, its kernel zygote and its second pass. The driver
+(grade.py) launches each worker's zygotes first, as a `Seat`, so that their interpreters start while it imports
+nbgrader and torch on one core; it forks the workers after `preload`, and each takes a seat and makes its Worker once,
+from the run configuration it is handed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import collect
+import harness
 import record
 import scoring
 from feedback import feedback_converter_class, generate_feedback
@@ -31,10 +34,12 @@ from run_config import RunConfig, set_course_directories, set_time_limits
 
 HERE = Path(__file__).resolve().parent
 ZYGOTE_STARTUP_SECONDS = 600  # importing torch on a machine under load
+FORKED_WORKERS = sys.platform == "linux"  # elsewhere (macOS) workers are spawned: its system libraries are not safe to fork
 
 
-def load_api(config: RunConfig):
-    """An NbGraderAPI configured by autograder/nbgrader_config.py, pointed at this run's folders, limits and kernels."""
+def load_api(config: RunConfig, seat: str = "driver"):
+    """An NbGraderAPI configured by autograder/nbgrader_config.py, pointed at this run's folders, limits and kernels
+    (those of the worker in `seat`)."""
     from nbgrader.apps import NbGraderAPI
     from traitlets.config.loader import PyFileConfigLoader
 
@@ -51,7 +56,7 @@ def load_api(config: RunConfig):
         # The sandbox has no network, so the kernel talks to nbgrader over Unix sockets instead of TCP. An absolute
         # socket prefix (a relative one resolves differently for kernel and client), in a folder per grading process:
         # the sandbox lets the kernel write there and nowhere else in the runtime folder.
-        sockets = sockets_folder(config)
+        sockets = sockets_folder(config, seat)
         sockets.mkdir(exist_ok=True)
         c.KernelManager.transport = "ipc"
         c.KernelManager.ip = str(sockets / "kernel")
@@ -59,9 +64,9 @@ def load_api(config: RunConfig):
     return NbGraderAPI(config=c)
 
 
-def sockets_folder(config: RunConfig) -> Path:
-    """This grading process's folder for its sandboxed kernels' sockets."""
-    return config.runtime_dir / f"sockets-{os.getpid()}"
+def sockets_folder(config: RunConfig, seat: str) -> Path:
+    """The folder for the sockets of the sandboxed kernels of the worker in `seat`."""
+    return config.runtime_dir / f"sockets-{seat}"
 
 
 def create_gradebook(db_url: str) -> None:
@@ -139,44 +144,96 @@ def prepare_sandbox(config: RunConfig) -> RunConfig:
 
 
 class KernelZygote:
-    """A worker's kernel zygote (kernel_zygote.py, in its sandbox): started with the worker, again whenever it has died."""
+    """A worker's kernel zygote (kernel_zygote.py, in its sandbox): launched with its seat, again whenever it has died."""
 
-    def __init__(self, config: RunConfig, slot: Path):
-        self.config, self.slot = config, slot
-        self.folder = config.runtime_dir / f"zygote-{os.getpid()}"  # its socket: a short path, out of every kernel's reach
-        self.process: subprocess.Popen | None = None
+    def __init__(self, config: RunConfig, slot: Path, seat: str):
+        self.config, self.slot, self.seat = config, slot, seat
+        self.folder = config.runtime_dir / f"zygote-{seat}"  # its socket: a short path, out of every kernel's reach
+        self.process: harness.Launched | None = None
         self.ready = False
 
     def folder_if_ready(self) -> str:
         """The folder launchers find it in (sandbox.py --zygote), once it is ready (started if need be); '' if it
         cannot start, and kernels then start on their own."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or self.process.ended():
             self.launch()
         if not self.ready:
-            ready, _, _ = select.select([self.process.stdout], [], [], ZYGOTE_STARTUP_SECONDS)
-            self.ready = bool(ready) and self.process.stdout.readline() == b"ready\n"
+            out = self.process.popen.stdout
+            ready, _, _ = select.select([out], [], [], ZYGOTE_STARTUP_SECONDS)
+            self.ready = bool(ready) and out.readline() == b"ready\n"
             if not self.ready:
-                self.process.kill()
-                self.process.wait()
-                self.process = None
+                self.stop()
         return str(self.folder) if self.ready else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
 
     def launch(self) -> None:
         """Start it, without waiting for it to be ready (folder_if_ready waits)."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(mode=0o700)
         self.slot.mkdir(parents=True, exist_ok=True)
+        sockets = sockets_folder(self.config, self.seat)
+        sockets.mkdir(exist_ok=True)
         command = [sys.executable, str(HERE / "sandbox.py"), "--kernel-zygote", str(self.folder), "--scratch", str(self.slot),
-                   "--sockets", str(sockets_folder(self.config)), "--output", str(self.config.output),
-                   "--memory-mb", str(self.config.memory_mb)]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        env={**os.environ, **self.config.kernel_environment})
+                   "--sockets", str(sockets), "--output", str(self.config.output), "--memory-mb", str(self.config.memory_mb)]
+        self.process = harness.Launched(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                         stderr=subprocess.DEVNULL, env={**os.environ, **self.config.kernel_environment}))
         self.ready = False
 
 
+class Seat:
+    """What one grading worker works with besides nbgrader: the folder its kernels work in (the one folder of
+    submissions its zygote sees), its kernel zygote (None when kernels start afresh) and its clean second pass.
+
+    The driver launches every worker's seat before it imports nbgrader and torch, so that the zygotes' own imports run
+    on the core the driver leaves idle; each worker, forked later, takes one seat and lets go of the others.
+    """
+
+    def __init__(self, config: RunConfig, name: str):
+        self.name = name
+        self.slot = config.grading_dir / "scratch" / name
+        self.zygote = KernelZygote(config, self.slot, name) if config.sandboxed and config.kernel_zygote else None
+        rules = {f"{assignment}/{grade_id}": names for assignment in collect.course_assignments()
+                 for grade_id, names in collect.from_scratch_rules(assignment).items()}
+        self.harness = harness.Harness(config.grading_dir / "harness" / name, float(config.kernel_threads), config.sandboxed,
+                                       rules, output=config.output, memory_mb=config.memory_mb,
+                                       environment=config.kernel_environment)
+
+    def launch(self) -> "Seat":
+        """Start both zygotes, without waiting for them (each waits when it is first needed)."""
+        if self.zygote is not None:
+            self.zygote.launch()
+        self.harness.launch()
+        return self
+
+    def let_go(self) -> None:
+        """In a worker that took another seat: close this one's pipes, which only its own worker reads and writes."""
+        for launched in (self.zygote and self.zygote.process, self.harness.process):
+            if launched is not None:
+                launched.let_go()
+
+    def stop(self) -> None:
+        """End both zygotes, and what they started."""
+        if self.zygote is not None:
+            self.zygote.stop()
+        self.harness.close()
+
+
+def launch_seats(config: RunConfig, count: int) -> list[Seat]:
+    """The seats of `count` local workers, their zygotes starting; none for a cluster run (each worker has its own
+    grader) or where workers are not forked (a spawned worker cannot inherit a seat, and launches its own)."""
+    if config.scheduler or not FORKED_WORKERS:
+        return []
+    (config.grading_dir / "scratch").mkdir(parents=True, exist_ok=True)
+    return [Seat(config, f"worker-{index}").launch() for index in range(count)]
+
+
 class Worker:
-    """One grading process: its nbgrader API, its kernel zygote and its clean second pass (harness.py), for every
-    submission it grades."""
+    """One grading process: its nbgrader API and its seat (kernel zygote and clean second pass), for every submission
+    it grades."""
 
     def __init__(self, config: RunConfig):
         warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's gradebook trips SQLAlchemy's autoflush warnings
@@ -184,14 +241,13 @@ class Worker:
 
         torch.set_num_threads(config.kernel_threads)  # this process's own tensor work (scoring) shares the cores too
         self.config = config
-        self.api = load_api(config)
-        # Each kernel works in a folder of this worker's slot, the one folder of submissions its zygote sees.
-        self.slot = config.grading_dir / "scratch" / f"worker-{os.getpid()}"
-        self.zygote = KernelZygote(config, self.slot) if config.sandboxed and config.kernel_zygote else None
-        # Both zygotes import torch now, while the driver registers the class, not when the first submission waits.
-        if self.zygote is not None:
-            self.zygote.launch()
-        self.harness = self.second_pass()
+        self.seat: Seat | None = None
+
+    def take(self, seat: Seat | None) -> None:
+        """Grade in `seat` (None: in a seat of its own, launched now), its second pass ready before the first submission."""
+        self.seat = seat or Seat(self.config, f"worker-{os.getpid()}").launch()
+        self.api = load_api(self.config, self.seat.name)
+        self.slot, self.zygote, self.harness = self.seat.slot, self.seat.zygote, self.seat.harness
         try:
             self.harness.ensure_started()
         except (RuntimeError, OSError):  # tried again for the first submission, which reports it if it fails again
@@ -200,6 +256,8 @@ class Worker:
     def grade_one(self, assignment: str, student: str) -> tuple[str, str, str, float]:
         """Autograde one submission and write its feedback; returns (assignment, student, failure reason or '', seconds)."""
         started = time.monotonic()
+        if self.seat is None:
+            self.take(None)
         try:
             reason = self.autograde_and_score(assignment, student)
         except Exception as error:  # a grader bug must not stop the class: report it on this submission
@@ -252,29 +310,14 @@ class Worker:
         feedback = generate_feedback(api, assignment, student)
         return "" if feedback["success"] else "feedback failed: " + record.first_error_line(feedback.get("error", ""))
 
-    def second_pass(self):
-        """This worker's clean second pass (harness.py), not yet started."""
-        import harness
-
-        root = self.config.grading_dir / "harness" / str(os.getpid())
-        rules = {f"{name}/{grade_id}": names for name in collect.course_assignments()
-                 for grade_id, names in collect.from_scratch_rules(name).items()}
-        return harness.Harness(root, float(self.config.kernel_threads), self.config.sandboxed, rules,
-                               output=self.config.output, memory_mb=self.config.memory_mb,
-                               environment=self.config.kernel_environment)
-
     def start_second_pass(self, assignment: str, submission: Path) -> dict:
         """Start running the submission's answers with the course's test cells in the clean harness (harness.py)."""
-        import harness
-
         limits = self.api.config.ResilientExecute
         cells = harness.clean_run_cells(HERE.parent / "solutions" / assignment / f"{assignment}.ipynb", submission / f"{assignment}.ipynb")
         return self.harness.start(assignment, cells, submission, harness.run_limits(limits.cpu_time_limit, limits.wall_time_limit, limits.notebook_time_limit))
 
     def finish_second_pass(self, assignment: str, job: dict) -> dict[str, str | None]:
         """Wait for the second pass and score what its hidden checks sent: {test cell grade_id: None if all passed, else why not}."""
-        import harness
-
         folder, ended = self.harness.finish(job)
         try:
             verdicts = scoring.hidden_check_verdicts(assignment, folder / "outbox")
@@ -294,8 +337,20 @@ class Worker:
 
 @functools.cache
 def worker(config: RunConfig) -> Worker:
-    """This process's Worker for `config`, made on its first submission."""
+    """This process's Worker for `config`."""
     return Worker(config)
+
+
+def start_worker(config: RunConfig, seats: list[Seat], taken) -> None:
+    """A pool's initializer: make this process's Worker in the next seat of `seats` that no worker has taken (`taken`,
+    a shared count), letting go of the others; past the last seat, in a seat of its own."""
+    with taken.get_lock():
+        mine = seats[taken.value] if taken.value < len(seats) else None
+        taken.value += 1
+    for seat in seats:
+        if seat is not mine:
+            seat.let_go()
+    worker(config).take(mine)
 
 
 def grade_one(config: RunConfig, assignment: str, student: str) -> tuple[str, str, str, float]:
@@ -316,10 +371,12 @@ def preload(assignments: list[str]) -> None:
     feedback_converter_class()
 
 
-def start_workers(config: RunConfig, count: int) -> ProcessPoolExecutor:
-    """`count` worker processes, started now, each with its Worker made; on Linux forked, so they share what `preload` loaded."""
-    method = "fork" if sys.platform == "linux" else "spawn"  # macOS's system libraries are not safe to fork
-    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context(method), initializer=worker, initargs=(config,))
+def start_workers(config: RunConfig, count: int, seats: list[Seat]) -> ProcessPoolExecutor:
+    """`count` worker processes, started now, each with its Worker made in one of `seats` (launch_seats) or, past
+    those, in a seat of its own; on Linux forked, so they share what `preload` loaded."""
+    context = multiprocessing.get_context("fork" if FORKED_WORKERS else "spawn")
+    taken = context.Value("i", 0)  # how many of the seats the workers have taken
+    pool = ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=start_worker, initargs=(config, seats, taken))
     for _ in range(count):
         pool.submit(int)  # a no-op job makes the pool start a process
     return pool

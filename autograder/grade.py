@@ -55,14 +55,16 @@ def select_submissions(config: RunConfig) -> list[tuple[str, str]]:
     return [pair for pair in pairs if pair[0] in known]
 
 
-def grade_submissions(config: RunConfig, api, pairs: list[tuple[str, str]], todo: list[tuple[str, str]], prints: dict) -> dict:
-    """Register what the gradebook needs, then grade `todo` in local workers or on the cluster; returns the failures."""
+def grade_submissions(config: RunConfig, api, pairs: list[tuple[str, str]], todo: list[tuple[str, str]], prints: dict,
+                      seats: list) -> dict:
+    """Register what the gradebook needs, then grade `todo` in local workers (in `seats`) or on the cluster; returns the
+    failures."""
     assignments = sorted({assignment for assignment, _ in todo})
     pool = None
     try:
         if todo and not config.scheduler:
             execute.preload(assignments)
-            pool = execute.start_workers(config, min(config.workers, len(todo)))  # before any gradebook connection exists
+            pool = execute.start_workers(config, min(config.workers, len(todo)), seats)  # before any gradebook connection exists
         execute.create_gradebook(api.coursedir.db_url)
         for assignment in assignments:
             execute.register_assignment(api, assignment)
@@ -75,6 +77,8 @@ def grade_submissions(config: RunConfig, api, pairs: list[tuple[str, str]], todo
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        for seat in seats:
+            seat.stop()
         shutil.rmtree(config.grading_dir / "harness", ignore_errors=True)  # the workers' second-pass folders
         if config.sandboxed and os.geteuid() == 0:
             import isolation
@@ -103,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     todo, prints = collect.pending(pairs, config.submissions, config.output, config.force)
     if len(todo) < len(pairs):
         print(f"{len(pairs) - len(todo)} submissions are already graded with the same inputs; grading the other {len(todo)}.")
+    # The workers' zygotes start now, on the core left idle while this process imports nbgrader and torch.
+    seats = execute.launch_seats(config, min(config.workers, len(todo)))
     warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's gradebook trips SQLAlchemy's autoflush warnings
-    api = execute.load_api(config)
-    failures = grade_submissions(config, api, pairs, todo, prints)
+    try:
+        api = execute.load_api(config)
+        failures = grade_submissions(config, api, pairs, todo, prints, seats)
+    finally:
+        for seat in seats:  # stopped by now, unless nbgrader could not load
+            seat.stop()
     refreshed = refresh_feedback(api, pairs, config.output)
     if refreshed:
         print(f"Rewrote the feedback of {refreshed} submissions with marks given by hand since it was written.")

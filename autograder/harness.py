@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import stat
@@ -107,8 +108,49 @@ def clean_run_cells(source_notebook: Path, submitted_notebook: Path) -> list[dic
             for kind, name, source in course_plan(source_notebook)]
 
 
+class Launched:
+    """A zygote's process, launched by one grading process and used by it or by a worker forked from it later.
+
+    Only the process that launched it may wait for it (elsewhere Popen takes it for ended), so whether it has ended is
+    asked of a pidfd, which any process holding it can ask (on Linux; elsewhere of Popen, in the launcher itself).
+    """
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.exit = os.pidfd_open(popen.pid) if hasattr(os, "pidfd_open") else None  # readable once the process has ended
+
+    def ended(self) -> bool:
+        if self.exit is None:
+            return self.popen.poll() is not None
+        ready, _, _ = select.select([self.exit], [], [], 0)
+        return bool(ready)
+
+    def kill(self, group: bool = False) -> None:
+        """End it (`group`: with the process group it leads), and let go of it."""
+        try:
+            if group:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            elif self.exit is not None:  # Popen.kill signals nothing where Popen takes the process for ended
+                signal.pidfd_send_signal(self.exit, signal.SIGKILL)
+            else:
+                self.popen.kill()
+        except OSError:
+            pass
+        self.popen.wait()  # in a worker forked after the launch, at once: its launcher collects it
+        self.let_go()
+
+    def let_go(self) -> None:
+        """Close this process's ends of its pipes and of its pidfd (the process itself goes on)."""
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                stream.close()
+        if self.exit is not None:
+            os.close(self.exit)
+            self.exit = None
+
+
 class Harness:
-    """A worker's sandboxed zygote (harness_zygote.py), started on first use and again after any trouble."""
+    """A worker's sandboxed zygote (harness_zygote.py), launched ahead (Seat) or on first use, again after any trouble."""
 
     def __init__(self, root: Path, cpus: float, sandboxed: bool, rules: dict[str, list[str]], *, output: Path,
                  memory_mb: int = 4096, environment: dict[str, str] | None = None):
@@ -116,15 +158,23 @@ class Harness:
         `output`: the grading output `root` is in; `environment`: variables the zygote starts with, on top of ours."""
         self.root, self.cpus, self.sandboxed, self.rules = root, cpus, sandboxed, rules
         self.output, self.memory_mb, self.environment = output, memory_mb, environment or {}
-        self.process: subprocess.Popen | None = None
+        self.process: Launched | None = None
+        self.ready = False
         self.jobs = itertools.count(1)
 
     def ensure_started(self) -> None:
-        """Start the zygote unless it is running (RuntimeError if it cannot start)."""
-        if self.process is None or self.process.poll() is not None:
-            self._start()
+        """Have the zygote running and ready, launching it if need be (RuntimeError if it cannot start)."""
+        if self.process is None or self.process.ended():
+            self.launch()
+        if not self.ready:
+            self.ready = self._reply(STARTUP_SECONDS) == {"ready": True}
+            if not self.ready:
+                self.close()
+                raise RuntimeError("the clean second pass could not start")
 
-    def _start(self) -> None:
+    def launch(self) -> None:
+        """Start the zygote, without waiting for it to be ready (ensure_started waits)."""
+        self.close()
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
         if self.sandboxed:
@@ -132,21 +182,18 @@ class Harness:
                        "--memory-mb", str(self.memory_mb), "--output", str(self.output)]
         else:  # no bubblewrap: as unprotected as the kernel, but still without IPython and from the course's cells
             command = [sys.executable, "-I", "-B", str(HERE / "harness_zygote.py")]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        cwd=self.root, text=True, bufsize=1, start_new_session=True,
-                                        env={**os.environ, **self.environment})
-        self.process.stdin.write(json.dumps({"guard": self.rules}) + "\n")
-        self.process.stdin.flush()
-        if self._reply(STARTUP_SECONDS) != {"ready": True}:
-            self.close()
-            raise RuntimeError("the clean second pass could not start")
+        self.process = Launched(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                                 cwd=self.root, text=True, bufsize=1, start_new_session=True,
+                                                 env={**os.environ, **self.environment}))
+        self.ready = False
+        self.process.popen.stdin.write(json.dumps({"guard": self.rules}) + "\n")
+        self.process.popen.stdin.flush()
 
     def _reply(self, seconds: float) -> dict | None:
         """The zygote's next line, or None if it says nothing valid within `seconds`."""
-        import select
-
-        ready, _, _ = select.select([self.process.stdout], [], [], seconds)
-        line = self.process.stdout.readline() if ready else ""
+        out = self.process.popen.stdout
+        ready, _, _ = select.select([out], [], [], seconds)
+        line = out.readline() if ready else ""
         try:
             return json.loads(line) if line else None
         except ValueError:
@@ -156,7 +203,7 @@ class Harness:
         """The user id the zygote runs as when grading as root (sandbox.py gives it FIRST_UID + its launcher's pid)."""
         import sandbox
 
-        return sandbox.FIRST_UID + self.process.pid if self.sandboxed and os.geteuid() == 0 else None
+        return sandbox.FIRST_UID + self.process.popen.pid if self.sandboxed and os.geteuid() == 0 else None
 
     def start(self, assignment: str, cells: list[dict], files: Path, limits: dict) -> dict:
         """Start running `cells` in a fresh child, in a copy of the regular files of `files`; returns the job, for finish().
@@ -181,8 +228,8 @@ class Harness:
                "assignment": assignment, "forbidden": {key.split("/", 1)[1]: names for key, names in self.rules.items()
                                                         if key.startswith(assignment + "/")}, **limits}
         try:
-            self.process.stdin.write(json.dumps(job) + "\n")
-            self.process.stdin.flush()
+            self.process.popen.stdin.write(json.dumps(job) + "\n")
+            self.process.popen.stdin.flush()
             job["sent"] = time.monotonic()
         except OSError:
             self.close()
@@ -203,12 +250,9 @@ class Harness:
 
     def close(self) -> None:
         if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            self.process.wait()
+            self.process.kill(group=True)
             self.process = None
+        self.ready = False
 
 
 MAX_REPORT_BYTES = 1_000_000

@@ -35,3 +35,29 @@ def test_a_child_that_dies_in_a_cell_is_replayed_without_it_with_a_course_folder
         shutil.rmtree(data, ignore_errors=True)
     assert ended == "ended"  # the last child, the replay, ran to the end
     assert statuses["after"] == "ok" and statuses.get("dies") != "ok"
+
+
+def test_a_zygote_launched_before_a_worker_was_forked_is_seen_to_end_from_the_worker(tmp_path):
+    # The driver launches each worker's zygotes, then forks the workers. In a worker, Popen.poll() of such a process
+    # says it has ended at once (only its parent may wait for it), which would relaunch every zygote for nothing.
+    import os
+    import select
+    import subprocess
+
+    launched = harness.Launched(subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE))
+    seen = tmp_path / "seen"
+    worker = os.fork()
+    if worker == 0:
+        try:
+            running_at_first = not launched.ended()
+            exit_signal = os.dup(launched.exit)
+            launched.kill()  # as a worker ends the zygote it took, to launch another
+            ended = bool(select.select([exit_signal], [], [], 30)[0])
+            seen.write_text(f"{running_at_first} {ended}")
+        finally:
+            os._exit(0)
+    os.waitpid(worker, 0)
+    assert seen.read_text() == "True True"  # running while it ran, and ended by the worker
+    assert launched.ended()
+    launched.kill()  # its launcher collects it
+    assert launched.popen.returncode is not None and launched.exit is None
