@@ -107,10 +107,15 @@ def limit_output_size(cell, printed: dict[str, int] | None = None) -> None:
         if total > MAX_OUTPUT_CHARACTERS:  # the cut above counted only what was kept
             output["text"] = _as_text(output["text"])[:MAX_OUTPUT_CHARACTERS] + f"\n... [output cut: {total:,} characters in all]\n"
     if len(outputs) > MAX_OUTPUTS_PER_CELL:
-        # Errors and a first stderr line decide the cell's score (nbgrader zeroes a cell with either): always kept.
-        rest = outputs[MAX_OUTPUTS_PER_CELL - 1:]
-        stderr = [o for o in rest if o.get("output_type") == "stream" and o.get("name") == "stderr"][:1]
-        kept = outputs[: MAX_OUTPUTS_PER_CELL - 1] + [o for o in rest if o.get("output_type") == "error" or o in stderr]
+        # Errors and a first stderr line decide the cell's score (nbgrader zeroes a cell with either): always kept, and
+        # the first outputs fill the room left, so that with the note there are MAX_OUTPUTS_PER_CELL in all.
+        stderr = [i for i, o in enumerate(outputs) if o.get("output_type") == "stream" and o.get("name") == "stderr"][:1]
+        keep = set([i for i, o in enumerate(outputs) if o.get("output_type") == "error" or i in stderr][: MAX_OUTPUTS_PER_CELL - 1])
+        for index in range(len(outputs)):
+            if len(keep) >= MAX_OUTPUTS_PER_CELL - 1:
+                break
+            keep.add(index)
+        kept = [output for index, output in enumerate(outputs) if index in keep]
         note = NotebookNode(output_type="stream", name="stdout", text=f"\n... [{len(outputs) - len(kept):,} more outputs cut]\n")
         cell.outputs = kept + [note]
 

@@ -101,3 +101,23 @@ def test_a_notebook_past_its_time_budget_runs_no_more_cells(graded):
 def test_thousands_of_empty_cells_are_graded_like_any_notebook(graded):
     rows = [row for row in read_csv(graded / "grades_by_test.csv") if row["student_id"] == "empty_cells"]
     assert len(rows) == 8 and all(row["note"] == "" for row in rows)
+
+
+def test_a_cell_cut_to_the_output_limit_keeps_its_error_and_first_stderr_within_it():
+    # A flood that ran into its time limit ends in an error: the cut keeps it (nbgrader scores by it), and the note
+    # saying what was cut, and still no more than the limit in all.
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "autograder"))
+    from preprocessors import MAX_OUTPUTS_PER_CELL, limit_output_size
+
+    outputs = [nbformat.v4.new_output("display_data", data={"text/plain": str(n)}) for n in range(3 * MAX_OUTPUTS_PER_CELL)]
+    outputs.insert(MAX_OUTPUTS_PER_CELL + 7, nbformat.v4.new_output("stream", name="stderr", text="a warning\n"))
+    outputs.append(nbformat.v4.new_output("error", ename="CellTimeoutError", evalue="stopped", traceback=[]))
+    cell = nbformat.v4.new_code_cell("flood()", outputs=outputs)
+    limit_output_size(cell)
+    assert len(cell.outputs) == MAX_OUTPUTS_PER_CELL
+    assert [o.output_type for o in cell.outputs[-3:]] == ["stream", "error", "stream"]
+    assert cell.outputs[-3].name == "stderr" and "more outputs cut" in cell.outputs[-1].text
