@@ -77,13 +77,18 @@ def grade_submissions(config: RunConfig, api, pairs: list[tuple[str, str]], todo
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-        for seat in seats:
-            seat.stop()
-        shutil.rmtree(config.grading_dir / "harness", ignore_errors=True)  # the workers' second-pass folders
-        if config.sandboxed and os.geteuid() == 0:
-            import isolation
 
-            isolation.remove_empty()
+
+def stop_seats(config: RunConfig, seats: list) -> None:
+    """End the workers' zygotes, once the workers have gone, and remove what they used: their second-pass folders and,
+    as root, the control groups left empty."""
+    for seat in seats:
+        seat.stop()
+    shutil.rmtree(config.grading_dir / "harness", ignore_errors=True)
+    if config.sandboxed and os.geteuid() == 0:
+        import isolation
+
+        isolation.remove_empty()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         api = execute.load_api(config)
         failures = grade_submissions(config, api, pairs, todo, prints, seats)
     finally:
-        for seat in seats:  # stopped by now, unless nbgrader could not load
-            seat.stop()
+        stop_seats(config, seats)
     refreshed = refresh_feedback(api, pairs, config.output)
     if refreshed:
         print(f"Rewrote the feedback of {refreshed} submissions with marks given by hand since it was written.")
