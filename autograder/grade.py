@@ -62,13 +62,15 @@ def grade_submissions(config: RunConfig, api, pairs: list[tuple[str, str]], todo
     assignments = sorted({assignment for assignment, _ in todo})
     pool = None
     try:
-        if todo and not config.scheduler:
-            execute.preload(assignments)
-            pool = execute.start_workers(config, min(config.workers, len(todo)), seats)  # before any gradebook connection exists
+        # Registered while the zygotes still start on the other core; each step closes its gradebook connection, so
+        # the workers forked next inherit none.
         execute.create_gradebook(api.coursedir.db_url)
         for assignment in assignments:
             execute.register_assignment(api, assignment)
         execute.register_students(api, sorted({student for _, student in pairs}))
+        if todo and not config.scheduler:
+            execute.preload(assignments)
+            pool = execute.start_workers(config, min(config.workers, len(todo)), seats)
         if config.scheduler and todo:
             import cluster
 

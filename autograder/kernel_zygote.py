@@ -171,10 +171,11 @@ def start_kernel(launcher: socket.socket, zygote_folder: str) -> int:
 
 
 def preload() -> None:
-    """Import what kernels import: ipykernel, torch, matplotlib with the inline backend, the course's package."""
+    """Import what kernels import: ipykernel (its debugger too, half of a kernel's start), torch, matplotlib with the
+    inline backend, the course's package."""
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # what ipykernel would choose
     import IPython  # noqa: F401
-    from ipykernel import ipkernel, kernelapp  # noqa: F401
+    from ipykernel import debugger, ipkernel, kernelapp  # noqa: F401
 
     harness_zygote.preload_course_package()
 

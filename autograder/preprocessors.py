@@ -20,6 +20,7 @@ wrote removed.
 import asyncio
 import copy
 import os
+import queue
 import shutil
 import signal
 import time
@@ -27,8 +28,10 @@ import uuid
 from pathlib import Path
 
 import psutil
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
-from traitlets import Dict, Float, List, Unicode
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import Dict, Float, List, Unicode, default
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import ensure_async, run_sync
@@ -166,6 +169,58 @@ def is_given(cell) -> bool:
     return bool(info.get("locked")) and not info.get("solution") and not info.get("grade")
 
 
+class PromptKernelClient(AsyncKernelClient):
+    """jupyter_client's kernel client, ready as soon as the kernel has answered on both channels nbclient reads.
+
+    jupyter_client's own wait_for_ready ends by reading IOPub until it has been silent for 0.2 s: every kernel start
+    pays those 0.2 s with its core idle. Here the client waits instead for the kernel's `idle` status for its own
+    kernel_info request: it proves IOPub connected, and the kernel publishes it after everything it published before.
+    """
+
+    async def wait_for_ready(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        while True:
+            request = self.kernel_info()
+            reply = await self._message_about(request, self.shell_channel, "kernel_info_reply", 1.0)
+            if reply is not None:
+                self._handle_kernel_info_reply(reply)
+                # IOPub may still be connecting, and miss the status: then ask again, as jupyter_client does.
+                if await self._message_about(request, self.iopub_channel, "status", 0.2, state="idle") is not None:
+                    return
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+
+    @staticmethod
+    async def _message_about(request: str, channel, kind: str, seconds: float, state: str | None = None) -> dict | None:
+        """The first message of type `kind` on `channel` in answer to `request` (a status: of `state`), or None if
+        none comes within `seconds`; messages before it are dropped."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            try:
+                message = await ensure_async(channel.get_msg(timeout=left))
+            except queue.Empty:
+                return None
+            if (message["msg_type"] == kind and message["parent_header"].get("msg_id") == request
+                    and (state is None or message["content"].get("execution_state") == state)):
+                return message
+        return None
+
+
+class PromptKernelManager(AsyncKernelManager):
+    """jupyter_client's kernel manager, with PromptKernelClient, and looking every 10 ms, not every 100 ms, whether a
+    killed kernel has gone (its launcher ends within milliseconds of the kill)."""
+
+    @default("client_factory")
+    def _prompt_client(self) -> type:
+        return PromptKernelClient
+
+    async def _async_wait(self, pollinterval: float = 0.1) -> None:
+        while await self._async_is_alive():
+            await asyncio.sleep(min(pollinterval, 0.01))
+
+
 class ResilientExecute(Execute):
     """Execute that restarts a dead kernel, replays earlier cells, goes on, and caps each cell's output."""
 
@@ -178,6 +233,10 @@ class ResilientExecute(Execute):
     connection_dir = Unicode("", help="Folder for kernels' connection files (default: Jupyter's runtime folder)").tag(config=True)
     sandbox_scratch = Unicode("", help="A sandboxed kernel's writable working folder (sandbox.py --scratch), per submission").tag(config=True)
     kernel_zygote = Unicode("", help="The folder of this worker's kernel zygote (sandbox.py --zygote), if it has one").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("kernel_manager_class", PromptKernelManager)  # nbgrader's Execute sets its own default here
+        super().__init__(*args, **kwargs)
 
     def preprocess(self, nb, resources=None, km=None):
         self._fatal_cells: set[int] = set()
