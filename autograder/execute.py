@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -393,11 +394,18 @@ def start_workers(config: RunConfig, count: int, seats: list[Seat]) -> ProcessPo
     return pool
 
 
-def grade(pool: ProcessPoolExecutor, config: RunConfig, todo: list[tuple[str, str]], prints: dict) -> dict[tuple[str, str], str]:
-    """Grade `todo` in the pool's workers; returns {(assignment, student): failure reason}."""
+def grade(pool: ProcessPoolExecutor, config: RunConfig, todo: list[tuple[str, str]], prints: dict,
+          when_draining: Callable[[], None] = lambda: None) -> dict[tuple[str, str], str]:
+    """Grade `todo` in the pool's workers; returns {(assignment, student): failure reason}. `when_draining` is called
+    once, as soon as fewer submissions are left than there are workers (a core is then idle until the run ends)."""
     failures = {}
     jobs = [pool.submit(grade_one, config, assignment, student) for assignment, student in todo]
+    workers = min(config.workers, len(todo))  # as many as the pool has (start_workers)
+    if workers < 2:
+        workers = 0  # one worker leaves no core idle before the end: nothing to call early
     for number, job in enumerate(as_completed(jobs), 1):
+        if workers and len(todo) - number == workers - 1:
+            when_draining()
         assignment, student, reason, seconds = job.result()
         if reason:
             failures[(assignment, student)] = reason

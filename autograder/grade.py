@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -75,10 +76,24 @@ def grade_submissions(config: RunConfig, api, pairs: list[tuple[str, str]], todo
             import cluster
 
             return cluster.grade_on_cluster(config, api, todo, prints)
-        return execute.grade(pool, config, todo, prints) if pool is not None else {}
+        return execute.grade(pool, config, todo, prints, when_draining=import_reports_aside) if pool is not None else {}
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+def import_reports_aside() -> None:
+    """Import the course reports' libraries (pandas, matplotlib: most of a second) in a thread, on the core that the last
+    submissions leave idle, rather than after the run. A failure here is left for write_reports to report."""
+    def load() -> None:
+        try:
+            import reports  # noqa: F401
+            from matplotlib.backends import backend_agg  # noqa: F401
+            from matplotlib import figure  # noqa: F401
+        except Exception:
+            pass
+
+    threading.Thread(target=load, name="import-reports", daemon=True).start()
 
 
 def stop_seats(config: RunConfig, seats: list) -> None:
