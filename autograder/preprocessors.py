@@ -6,7 +6,8 @@ error output (so its test, if any, scores 0 and the feedback says why), a fresh 
 the cells above it, and grading carries on with the cells below. A cell that runs past its time
 limit is interrupted; if the kernel still does not answer (the code ignores interrupts), it is
 treated the same way, so the cells below do not all time out behind it. Processes a cell leaves
-running (a fork bomb's copies of the kernel, spinners detached with setsid) are stopped when the cell ends.
+running (a fork bomb's copies of the kernel, spinners detached with setsid) are stopped when the cell ends; a kernel
+then left with many ended children it never collected, which keep its process limit full, is replaced the same way.
 
 Time limits measure the student's code, not the machine. A cell may use `cpu_time_limit` seconds of CPU
 time (its kernel's processes together) and `wall_time_limit` seconds of wall time not counting the time
@@ -56,6 +57,11 @@ KERNEL_DIED = (
 KERNEL_STUCK = (
     "This cell ran past its time limit and did not stop when interrupted. "
     "The cells below were run in a fresh kernel."
+)
+UNCOLLECTED_LIMIT = 32  # children a kernel may leave ended but never collected; each holds a place under the process limit
+LEFT_UNCOLLECTED = (
+    "This cell left {count} processes that had ended but that it never collected (os.wait); each holds a place under "
+    "the kernel's process limit, so the cells below were run in a fresh kernel."
 )
 # How long an interrupted kernel may take to become idle before it is replaced.
 INTERRUPT_GRACE_SECONDS = 5
@@ -386,6 +392,12 @@ class ResilientExecute(Execute):
             self._over_limit = KERNEL_OVER_QUOTA
         if self._over_limit:  # the interrupt's KeyboardInterrupt says less than why it came
             cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [self._error("CellTimeoutError", self._over_limit)]
+        uncollected = len(self._uncollected())
+        if uncollected > UNCOLLECTED_LIMIT:  # a fork bomb's copies: the next cell could not even start a thread
+            self.log.warning("Cell %d left %d uncollected processes; restarting and replaying earlier cells", index, uncollected)
+            error = next((o for o in cell.outputs if o.get("output_type") == "error"), None)
+            name, why = (error["ename"], f"{error['evalue']}. ") if error else ("TooManyProcesses", "")
+            return self._replace_kernel(cell, index, name, why + LEFT_UNCOLLECTED.format(count=uncollected)), self.resources
         if self._timed_out and is_given(cell) and not self._retrying:
             return self._retry_given_cell(cell, resources, index)
         limit_output_size(cell, self._printed)
@@ -493,10 +505,17 @@ class ResilientExecute(Execute):
                 stopped[process.pid] = process
         for process in stopped.values():
             _signal(process, signal.SIGKILL)
-        # Gone, or a zombie: the kernel never collects the children it forked, and a zombie holds nothing but its pid.
+        # A killed process holds its place under the process limit until its parent collects it: the namespace's init
+        # does at once, once it is a zombie; the kernel never collects what a cell forked (see _uncollected).
+        kernel = self._kernel_process()
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and not all(_is_zombie(process) for process in stopped.values()):
+        while time.monotonic() < deadline and not all(_collected_or_left_to(kernel, process) for process in stopped.values()):
             time.sleep(0.02)
+
+    def _uncollected(self) -> list[psutil.Process]:
+        """The kernel's children that have ended but that it has not collected (zombies)."""
+        kernel = self._kernel_process()
+        return [child for child in _children(kernel, recursive=False) if _is_zombie(child, gone=False)] if kernel is not None else []
 
     def _restart(self) -> None:
         self._stop_strays()
@@ -532,10 +551,19 @@ def _is_kernel(process) -> bool:
         return False
 
 
-def _is_zombie(process) -> bool:
-    """Ended, and only waiting for its parent (the kernel, which never asks) to collect its exit status."""
+def _is_zombie(process, gone: bool = True) -> bool:
+    """Ended, and only waiting for its parent (the kernel, which never asks) to collect its exit status; `gone` if
+    it has already been collected."""
     try:
         return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return gone
+
+
+def _collected_or_left_to(kernel, process) -> bool:
+    """Whether `process` has ended and been collected, or has ended as a child that only `kernel` can collect."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE and kernel is not None and process.ppid() == kernel.pid
     except psutil.Error:
         return True
 
@@ -580,9 +608,9 @@ def _signal(process, number: int) -> None:
         pass
 
 
-def _children(process) -> list:
+def _children(process, recursive: bool = True) -> list:
     try:
-        return process.children(recursive=True)
+        return process.children(recursive=recursive)
     except psutil.Error:
         return []
 

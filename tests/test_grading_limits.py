@@ -28,6 +28,15 @@ for number in range(6):
             part.write(block)
 print("wrote 1.2 GB")"""
 SLEEPS = "import time\ntime.sleep(30)"
+# Forks until the process limit and never collects its children: the ended children would keep the limit full, so
+# that the next cell could not even start a thread, were the kernel not replaced.
+LEAVES_ENDED_CHILDREN = """import os
+try:
+    while True:
+        if os.fork() == 0:
+            os._exit(0)
+except BlockingIOError:
+    print("the process limit is full")"""
 
 
 def with_empty_cells(count: int):
@@ -52,6 +61,7 @@ CLASS = {
     "many_displays": lambda: with_cells_after_setup(MANY_DISPLAYS),
     "writes_a_gigabyte": lambda: with_cells_after_setup(WRITES_A_GIGABYTE),
     "sleeps_past_budget": lambda: with_cells_after_setup(SLEEPS, SLEEPS),
+    "leaves_ended_children": lambda: with_cells_after_setup(LEAVES_ENDED_CHILDREN),
 }
 
 
@@ -91,6 +101,14 @@ def test_what_a_cell_writes_past_its_quota_is_stopped_and_removed_and_never_reac
     assert not (graded / "autograded/writes_a_gigabyte" / ASSIGNMENT / "junk").exists()
     feedback = graded / "feedback/writes_a_gigabyte" / ASSIGNMENT
     assert sorted(p.name for p in feedback.iterdir()) == [f"{ASSIGNMENT}.html"]
+
+
+def test_a_cell_that_never_collects_its_children_says_so_and_the_cells_below_run_in_a_fresh_kernel(graded):
+    [cell] = [c for c in autograded(graded, "leaves_ended_children").cells if c.source == LEAVES_ENDED_CHILDREN]
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    assert errors and "never collected" in errors[0]["evalue"] and "fresh kernel" in errors[0]["evalue"]
+    rows = [row for row in read_csv(graded / "grades_by_test.csv") if row["student_id"] == "leaves_ended_children"]
+    assert rows and all(row["note"] == "" for row in rows)
 
 
 def test_a_notebook_past_its_time_budget_runs_no_more_cells(graded):
