@@ -58,10 +58,15 @@ def _limit_reached(signum, frame):
 
 
 def preload_course_package() -> None:
-    """Import what the course's cells import (torch, matplotlib's pyplot, the course's package): once in a zygote, not in
-    every child it forks."""
+    """Import what the course's cells import (torch, matplotlib's pyplot, the course's package) or make torch import on
+    first use: once in a zygote, not in every child it forks."""
     import matplotlib.pyplot  # noqa: F401
     import torch  # noqa: F401
+
+    try:  # a cell's first optimizer imports it: a second of CPU, sympy included
+        import torch._dynamo  # noqa: F401
+    except Exception:  # then that cell imports it itself, as in a kernel started afresh
+        pass
 
     import shared
 

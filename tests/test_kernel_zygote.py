@@ -40,6 +40,7 @@ facts = {
     "forked": any(part.endswith("kernel_zygote.py") for part in cmdline),
     "uid": os.getuid(),
     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    "imported_already": [name for name in ("torch._dynamo", "sympy") if name in sys.modules],
     "capabilities": int(status.split("CapEff:")[1].split()[0], 16),
     "cgroup": open("/proc/self/cgroup").read(),
     "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and alive(p)),
@@ -88,6 +89,12 @@ def test_openmp_threads_sleep_while_they_wait(graded):
     # (sandbox.sandbox_environment): spinning threads would burn a cell's CPU limit on a loaded machine.
     _, _, facts = graded
     assert all(facts[student]["omp_wait_policy"] == "PASSIVE" for student in STUDENTS)
+
+
+def test_what_torch_imports_on_first_use_is_imported_once_in_the_zygote(graded):
+    # A cell's first optimizer imports torch._dynamo (and sympy with it): a second of CPU in every kernel otherwise.
+    _, _, facts = graded
+    assert all(facts[student]["imported_already"] == ["torch._dynamo", "sympy"] for student in STUDENTS), facts
 
 
 def test_a_forked_kernel_has_no_privilege_and_cannot_reach_the_zygote(graded):
