@@ -10,7 +10,8 @@
                    (with the course's nbgrader_config.py, so it executes the same way)
 
 Targets (on 2 cores, 20 submissions): throughput >= 3.5x plain nbgrader, the second pass included, and an overhead
-beyond executing the notebook < 0.5 s per submission (issue 19).
+beyond executing the notebook < 0.5 s per submission (issue 19). The overhead can be negative: a kernel forked from
+a worker's zygote has imported what a kernel started afresh imports in its cells (torch._dynamo, sympy).
 Usage: python bench/grading.py [--students 20] [--assignment 03_rnn_lstm]
 """
 
