@@ -396,7 +396,7 @@ class ResilientExecute(Execute):
         if uncollected > UNCOLLECTED_LIMIT:  # a fork bomb's copies: the next cell could not even start a thread
             self.log.warning("Cell %d left %d uncollected processes; restarting and replaying earlier cells", index, uncollected)
             error = next((o for o in cell.outputs if o.get("output_type") == "error"), None)
-            name, why = (error["ename"], f"{error['evalue']}. ") if error else ("TooManyProcesses", "")
+            name, why = (error["ename"], error["evalue"].rstrip(". ") + ". ") if error else ("TooManyProcesses", "")
             return self._replace_kernel(cell, index, name, why + LEFT_UNCOLLECTED.format(count=uncollected)), self.resources
         if self._timed_out and is_given(cell) and not self._retrying:
             return self._retry_given_cell(cell, resources, index)
@@ -515,7 +515,7 @@ class ResilientExecute(Execute):
     def _uncollected(self) -> list[psutil.Process]:
         """The kernel's children that have ended but that it has not collected (zombies)."""
         kernel = self._kernel_process()
-        return [child for child in _children(kernel, recursive=False) if _is_zombie(child, gone=False)] if kernel is not None else []
+        return [child for child in _children(kernel, recursive=False) if _is_zombie(child)] if kernel is not None else []
 
     def _restart(self) -> None:
         self._stop_strays()
@@ -551,13 +551,12 @@ def _is_kernel(process) -> bool:
         return False
 
 
-def _is_zombie(process, gone: bool = True) -> bool:
-    """Ended, and only waiting for its parent (the kernel, which never asks) to collect its exit status; `gone` if
-    it has already been collected."""
+def _is_zombie(process) -> bool:
+    """Ended, and only waiting for its parent (the kernel, which never asks) to collect its exit status."""
     try:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
-        return gone
+        return True
 
 
 def _collected_or_left_to(kernel, process) -> bool:
